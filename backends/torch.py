@@ -1,0 +1,195 @@
+"""The torch engine: ``torch.mm`` on BLAS-readable 2-D views (one GEMM, autograd intact).
+
+Under ``torch.func`` transforms (vmap, grad) strides are not observable, so the call is
+expressed with ``torch.matmul`` on the moved vector axis and the transform's batching
+rules take over.  Under ``torch.compile`` the front end's Python runs at trace time: the
+engine is chosen then, and the traced graph holds just the views and one ``mm``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from .._errors import CopyRequiredError
+
+# dtypes torch.mm computes on the CPU
+_MM_DTYPES = frozenset(
+    {
+        torch.float16, torch.bfloat16, torch.float32, torch.float64,
+        torch.complex64, torch.complex128,
+        torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
+    }
+)  # fmt: skip
+
+
+def _copy_or_refuse(what: str, allow_copy: bool) -> None:
+    if not allow_copy:
+        raise CopyRequiredError(what)
+
+
+class TorchEngine:
+    name = "torch"
+
+    def is_native(self, obj: Any) -> bool:
+        return isinstance(obj, torch.Tensor)
+
+    def shape(self, a: torch.Tensor) -> tuple[int, ...]:
+        return tuple(a.shape)
+
+    def strides(self, a: torch.Tensor) -> tuple[Optional[int], ...]:
+        return tuple(a.stride())
+
+    def dtype_name(self, a: torch.Tensor) -> str:
+        return str(a.dtype).removeprefix("torch.")
+
+    def itemsize(self, a: torch.Tensor) -> int:
+        return a.element_size()
+
+    def device(self, a: torch.Tensor) -> str:
+        return str(a.device)
+
+    def address(self, a: torch.Tensor) -> tuple[int, int]:
+        return a.data_ptr(), a.storage_offset() * a.element_size()
+
+    def is_writable(self, a: torch.Tensor) -> bool:
+        return not a.is_inference() or torch.is_inference_mode_enabled()
+
+    def needs_blas_layout(self, dtype: torch.dtype) -> bool:
+        return True
+
+    def dtype_of(self, a: torch.Tensor) -> torch.dtype:
+        return a.dtype
+
+    def result_dtype(self, a: torch.Tensor, x: torch.Tensor) -> torch.dtype:
+        return torch.promote_types(a.dtype, x.dtype)
+
+    def check_dtype(self, dtype: torch.dtype) -> None:
+        if dtype not in _MM_DTYPES:
+            raise TypeError(f"the torch engine cannot multiply tensors of dtype {dtype} (torch.mm does not support it)")
+
+    def tracks_graph(self, *arrays: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and any(a.requires_grad for a in arrays)
+
+    def in_transform(self, *arrays: torch.Tensor) -> bool:
+        return any(torch._C._functorch.is_functorch_wrapped_tensor(a) for a in arrays)
+
+    def must_copy(self, a: torch.Tensor) -> Optional[str]:
+        if a.is_conj():
+            return "has torch's lazy conjugate bit; resolved into a copy"
+        if a.is_neg():
+            return "has torch's lazy negative bit; resolved into a copy"
+        return None
+
+    # -- crossing libraries --------------------------------------------------------------
+    def adopt(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[torch.Tensor, Optional[str]]:
+        if isinstance(obj, np.ndarray):
+            return _from_numpy(obj, allow_copy=allow_copy, writable=writable)
+        try:
+            return torch.from_dlpack(obj), None
+        except (BufferError, RuntimeError, TypeError, ValueError) as err:
+            raise TypeError(f"torch cannot import {type(obj).__name__} through DLPack: {err}") from err
+
+    def export_refusal(self, a: torch.Tensor) -> Optional[str]:
+        if self.in_transform(a):
+            return "it is being transformed by torch.func (vmap/grad); only the torch engine can trace it"
+        if a.requires_grad and torch.is_grad_enabled():
+            return "it requires grad; another engine would detach it and drop the gradient"
+        return None
+
+    # -- primitives ---------------------------------------------------------------------
+    def asarray(self, obj: Any) -> torch.Tensor:
+        return torch.as_tensor(obj)
+
+    def permute(self, a: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        return a.permute(axes)
+
+    def view(self, a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        return a.view(shape)
+
+    def take_first(self, a: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        for axis in axes:
+            a = a.narrow(axis, 0, 1)
+        return a
+
+    def vectors_last_copy(self, a: torch.Tensor, axis: int, dtype: torch.dtype) -> torch.Tensor:
+        moved = a.movedim(axis, -1)
+        copy = torch.empty(moved.shape, dtype=dtype, device=a.device)
+        copy.copy_(moved)
+        return copy.movedim(-1, axis)
+
+    def c_order_copy(self, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        copy = torch.empty(a.shape, dtype=dtype, device=a.device)
+        copy.copy_(a)
+        return copy
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+
+    def gemm(self, x2: torch.Tensor, a_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if out is None:
+            return torch.mm(x2, a_t)
+        return torch.mm(x2, a_t, out=out)
+
+    def stack(self, parts: list, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.stack(parts).view(shape)
+
+    def assign(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        dst.copy_(src)
+
+    def broadcast_copy(self, a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        return a.expand(shape).clone(memory_format=torch.contiguous_format)
+
+    def transform_matvec(self, a: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+        return torch.matmul(x.movedim(axis, -1), a.mT).movedim(-1, axis)
+
+
+def _from_numpy(arr: np.ndarray, *, allow_copy: bool, writable: bool) -> tuple[torch.Tensor, Optional[str]]:
+    """A numpy array as a tensor sharing its memory (``torch.from_numpy``, never DLPack,
+    whose import of some numpy layouts aborts the process)."""
+    problem = None
+    if arr.dtype.byteorder not in "=|" or not arr.dtype.isnative:
+        problem = f"byte order {arr.dtype.str}"
+    elif not arr.flags.aligned:
+        problem = "misaligned data"
+    elif any(s < 0 for s in arr.strides):
+        problem = f"negative strides {arr.strides}"
+    elif any(s % arr.itemsize for s in arr.strides):
+        problem = f"strides {arr.strides} that are not whole elements"
+    elif writable and not arr.flags.writeable:
+        raise ValueError("out is a read-only numpy array")
+    if problem is None:
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+                return torch.from_numpy(arr), None
+        except TypeError as err:  # a dtype torch does not have
+            raise TypeError(f"torch cannot share a numpy array of dtype {arr.dtype}: {err}") from err
+    if writable:
+        raise CopyRequiredError(f"torch cannot share the numpy out array ({problem})")
+    reason = f"numpy array with {problem} cannot be shared with torch, copied"
+    _copy_or_refuse(reason, allow_copy)
+    return torch.from_numpy(np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C")), reason
+
+
+def as_numpy_view(t: torch.Tensor, *, allow_copy: bool, writable: bool) -> tuple[np.ndarray, Optional[str]]:
+    """A CPU tensor as a writable numpy array sharing its memory (``Tensor.numpy``)."""
+    if t.device.type != "cpu":
+        raise TypeError(f"numpy cannot use a tensor on {t.device}; nothing is moved between devices")
+    if t.dtype not in (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128) and (
+        t.dtype.is_floating_point or t.dtype.is_complex
+    ):
+        raise TypeError(f"numpy has no dtype for {t.dtype}")
+    if t.is_conj() or t.is_neg():
+        reason = "tensor with a lazy conjugate/negative bit cannot be exported, resolved into a copy"
+        if writable:
+            raise CopyRequiredError(f"out {reason}")
+        _copy_or_refuse(reason, allow_copy)
+        return t.resolve_conj().resolve_neg().numpy(), reason
+    return t.detach().numpy(), None  # export_refusal has refused tensors that need grad
+
+
+ENGINE_CLASS = TorchEngine

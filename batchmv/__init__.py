@@ -1,0 +1,16 @@
+"""batchmv: apply one shared matrix A (m, n) to a batch of vectors, ``y[..., :] = A @ x[..., :]``,
+from any array library, as one GEMM on views, without copying A.
+
+>>> import numpy as np, batchmv
+>>> batchmv.matvec(np.eye(2), np.arange(6.0).reshape(3, 2)).tolist()
+[[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+"""
+
+from ._api import matvec, plan
+from ._errors import CopyRequiredError
+from ._plan import Plan
+from ._registry import available_backends
+from ._select import use_backend
+
+__all__ = ["CopyRequiredError", "Plan", "available_backends", "matvec", "plan", "use_backend"]
+__version__ = "0.1.0"

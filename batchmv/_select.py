@@ -1,0 +1,92 @@
+"""The rules that pick an engine, all in one place.
+
+For one call, the engine name comes from the first of:
+
+1. the ``backend=`` argument, when it is not None;
+2. the innermost :func:`use_backend` context of the current thread or task;
+3. the environment variable ``BATCHMV_BACKEND``, read once, when batchmv first needs it
+   (an empty value counts as unset);
+4. ``"auto"``.
+
+``"auto"`` means the home library's own engine: the library of ``x`` (of ``A`` when ``x``
+is a plain Python sequence; torch for objects that only speak DLPack).  Names are
+case-insensitive and surrounding whitespace is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator
+
+from ._registry import ENGINES
+
+ENV_VAR = "BATCHMV_BACKEND"
+VALID_NAMES: tuple[str, ...] = ("auto", *ENGINES)
+
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchmv_backend", default=None)
+_UNREAD = object()
+_env_value: object = _UNREAD
+
+
+def normalize(name: object, source: str) -> str:
+    """``name`` as a valid engine name or ``"auto"``; ValueError naming ``source`` otherwise.
+
+    >>> normalize("  NumPy ", "the backend argument")
+    'numpy'
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string or None, got {type(name).__name__} (from {source})")
+    key = name.strip().lower()
+    if key not in VALID_NAMES:
+        raise ValueError(
+            f"unknown backend {name!r} (from {source}); valid names: {', '.join(VALID_NAMES)}"
+        )
+    return key
+
+
+def _from_environment() -> str | None:
+    global _env_value
+    if _env_value is _UNREAD:
+        _env_value = os.environ.get(ENV_VAR, "")
+    raw = _env_value
+    assert isinstance(raw, str)
+    if raw.strip() == "":
+        return None
+    return normalize(raw, f"the environment variable {ENV_VAR}={raw!r}")
+
+
+def requested(backend: str | None) -> str:
+    """The engine name the rules above give for one call (``"auto"`` not yet resolved)."""
+    if backend is not None:
+        return normalize(backend, "the backend argument")
+    name = _context.get()
+    if name is not None:
+        return name
+    return _from_environment() or "auto"
+
+
+def resolve(backend: str | None, home: str) -> str:
+    """The engine that runs a call whose result belongs to library ``home``."""
+    name = requested(backend)
+    return home if name == "auto" else name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Run the calls inside the ``with`` block on engine ``name`` (unless they pass ``backend=``).
+
+    Built on :mod:`contextvars`: each thread and each asyncio task sees its own setting,
+    and a new thread starts from the default.
+
+    >>> import batchmv, numpy as np
+    >>> with batchmv.use_backend("numpy"):
+    ...     batchmv.plan(np.eye(2), np.ones((3, 2))).backend
+    'numpy'
+    """
+    token = _context.set(normalize(name, "use_backend()"))
+    try:
+        yield _context.get()  # type: ignore[misc]
+    finally:
+        _context.reset(token)
