@@ -14,7 +14,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .. import _select
 from .._errors import CopyRequiredError
+
+# torch.compile: routing depends on types and settings only; it is evaluated once at
+# trace time and baked into the graph (dynamo cannot trace the contextvar that holds
+# use_backend's setting).  The schedule is plain arithmetic that dynamo traces.
+torch.compiler.assume_constant_result(_select.route)
 
 # dtypes torch.mm computes on the CPU
 _MM_DTYPES = frozenset(
@@ -37,11 +43,13 @@ class TorchEngine:
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, torch.Tensor)
 
+    # int() specialises symbolic sizes under torch.compile(dynamic=...): the layout, and so
+    # the views and GEMM in the graph, are decided for concrete shapes and strides.
     def shape(self, a: torch.Tensor) -> tuple[int, ...]:
-        return tuple(a.shape)
+        return tuple([int(s) for s in a.shape])
 
     def strides(self, a: torch.Tensor) -> tuple[Optional[int], ...]:
-        return tuple(a.stride())
+        return tuple([int(s) for s in a.stride()])
 
     def dtype_name(self, a: torch.Tensor) -> str:
         return str(a.dtype).removeprefix("torch.")
@@ -75,9 +83,13 @@ class TorchEngine:
         return torch.is_grad_enabled() and any(a.requires_grad for a in arrays)
 
     def in_transform(self, *arrays: torch.Tensor) -> bool:
+        if torch.compiler.is_compiling():  # dynamo sees through transforms; strides are known
+            return False
         return any(torch._C._functorch.is_functorch_wrapped_tensor(a) for a in arrays)
 
     def must_copy(self, a: torch.Tensor) -> Optional[str]:
+        if torch.compiler.is_compiling():  # the compiler resolves lazy bits in the graph
+            return None
         if a.is_conj():
             return "has torch's lazy conjugate bit; resolved into a copy"
         if a.is_neg():

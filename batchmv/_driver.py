@@ -46,16 +46,6 @@ def _check_copy(copy: object) -> bool:
     )
 
 
-def _home_name(a: Any, x: Any) -> str:
-    for obj in (x, a):
-        lib = _registry.library_of(obj)
-        if lib is not None:
-            return lib
-        if hasattr(obj, "__dlpack__"):
-            return _registry.DLPACK_HOME
-    return _registry.SEQUENCE_HOME
-
-
 def _to_home(obj: Any, label: str, home: Any, allow_copy: bool, copies: list[str]) -> Any:
     """``obj`` as an array of the home library, shared without a copy where possible."""
     lib = _registry.library_of(obj)
@@ -111,7 +101,8 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     """Check a call and decide everything about it; nothing is computed."""
     allow_copy = _check_copy(copy)
     copies: list[str] = []
-    home = _registry.get_engine(_home_name(a, x))
+    home_name, engine_name = _select.route(type(a), type(x), backend)
+    home = _registry.get_engine(home_name)
     x_h = _to_home(x, "x", home, allow_copy, copies)
     a_h = _to_home(a, "A", home, allow_copy, copies)
 
@@ -136,7 +127,7 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     if out is not None:
         _check_out(home, out, y_shape, dtype, home.device(x_h))
 
-    engine = _registry.get_engine(_select.resolve(backend, home.name))
+    engine = _registry.get_engine(engine_name)
     notes: list[str] = []
     if engine is home:
         a_e, x_e, out_e = a_h, x_h, out

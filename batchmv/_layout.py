@@ -130,8 +130,8 @@ def schedule(
         assert plan is not None
     perm, runs, gemm_run, x_order, x2_strides = plan
 
-    loop_shape = tuple(math.prod(shape_r[i] for i in run) for run in runs)
-    rows = math.prod(shape_r[i] for i in gemm_run)
+    loop_shape = tuple(math.prod([shape_r[i] for i in run]) for run in runs)
+    rows = math.prod([shape_r[i] for i in gemm_run])
     y_shape_r = shape_r[:axis] + (m,) + shape_r[axis + 1 :]
     split_shape = tuple(y_shape_r[i] for i in perm)
 
@@ -185,10 +185,13 @@ def _batch_plan(
         return None
     batch = [i for i in range(len(shape)) if i != axis]
     unit = [i for i in batch if shape[i] == 1]
-    live = sorted(
-        (i for i in batch if shape[i] != 1),
-        key=lambda i: -abs(strides[i]),  # type: ignore[arg-type]
-    )
+    live: list[int] = []
+    for i in batch:  # insertion sort by decreasing |stride|, stable (traceable by dynamo)
+        if shape[i] != 1:
+            k = len(live)
+            while k and abs(strides[live[k - 1]]) < abs(strides[i]):  # type: ignore[arg-type]
+                k -= 1
+            live.insert(k, i)
     runs = _groups(live, shape, strides)
     vec_stride = strides[axis] if n != 1 else 1
 
@@ -196,9 +199,9 @@ def _batch_plan(
         return strides[run[-1]] if run else n * (vec_stride or 1)
 
     def order(run: list[int]) -> str | None:
-        return blas_order(math.prod(shape[i] for i in run), n, row_stride(run), vec_stride)
+        return blas_order(math.prod([shape[i] for i in run]), n, row_stride(run), vec_stride)
 
-    candidates = [r for r in runs if not needs_blas or order(r) is not None]
+    candidates = [k for k, r in enumerate(runs) if not needs_blas or order(r) is not None]
     if not runs:
         gemm_run: list[int] = []
         if needs_blas and order([]) is None:
@@ -206,10 +209,14 @@ def _batch_plan(
     elif not candidates:
         return None
     else:
-        gemm_run = max(candidates, key=lambda r: math.prod(shape[i] for i in r))
-    loops = [r for r in runs if r is not gemm_run]
-    rows = math.prod(shape[i] for i in gemm_run)
-    total = math.prod(shape[i] for i in live)
+        best = candidates[0]
+        for k in candidates[1:]:  # the candidate run with the most vectors
+            if math.prod([shape[i] for i in runs[k]]) > math.prod([shape[i] for i in runs[best]]):
+                best = k
+        gemm_run = runs[best]
+    loops = [r for k, r in enumerate(runs) if not runs or k != best]
+    rows = math.prod([shape[i] for i in gemm_run])
+    total = math.prod([shape[i] for i in live])
     if loops and rows < min(MIN_ROWS_PER_GEMM, total):
         return None
     perm = tuple(unit + [i for r in loops for i in r] + gemm_run + [axis])
@@ -218,7 +225,7 @@ def _batch_plan(
 
 def extent(ptr: int, shape: tuple[int, ...], byte_strides: tuple[int, ...], itemsize: int) -> tuple[int, int]:
     """The byte range [lo, hi) that an array's elements can touch."""
-    if any(s == 0 for s in shape):
+    if any([s == 0 for s in shape]):
         return ptr, ptr
     lo = ptr + sum((s - 1) * st for s, st in zip(shape, byte_strides) if st < 0)
     hi = ptr + sum((s - 1) * st for s, st in zip(shape, byte_strides) if st > 0) + itemsize

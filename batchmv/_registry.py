@@ -2,16 +2,19 @@
 it loads their engines.
 
 This is the only place that names array libraries.  Detection never imports a library:
-an object can only be a ``torch.Tensor`` if ``torch`` is already in ``sys.modules``
-(array-api-compat's ``is_*_array`` checks work that way).  Engines are imported on first
-use, built completely, and published under a lock (einops' lesson), so concurrent first
-calls from several threads all see one finished engine.
+an object can only be a ``torch.Tensor`` if ``torch`` is already in ``sys.modules`` (the
+way einops and array-api-compat's ``is_*_array`` checks work).  It looks at types only,
+never at values, so tracers (torch.compile, jax.jit) flow through, and its answer is
+cached per type.  Engines are imported on first use, built completely, and published under
+a lock (einops' lesson), so concurrent first calls from several threads all see one
+finished engine.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -27,16 +30,16 @@ class EngineSpec:
     name: str  #: engine name, as given to ``backend=``
     package: str  #: the top-level module of the array library
     install: str  #: what to install when the library is missing
-    detector: str  #: name of the array-api-compat check for this library's arrays
+    array_types: tuple[str, ...]  #: attribute paths of the library's array types
 
 
 ENGINES: dict[str, EngineSpec] = {
     spec.name: spec
     for spec in (
-        EngineSpec("numpy", "numpy", "pip install numpy", "is_numpy_array"),
-        EngineSpec("torch", "torch", "pip install torch", "is_torch_array"),
-        EngineSpec("jax", "jax", "pip install 'batchmv[jax]'  (or: pip install jax)", "is_jax_array"),
-        EngineSpec("cupy", "cupy", "pip install cupy-cuda12x  (needs a CUDA GPU)", "is_cupy_array"),
+        EngineSpec("numpy", "numpy", "pip install numpy", ("ndarray", "generic")),
+        EngineSpec("torch", "torch", "pip install torch", ("Tensor",)),
+        EngineSpec("jax", "jax", "pip install 'batchmv[jax]'  (or: pip install jax)", ("Array",)),
+        EngineSpec("cupy", "cupy", "pip install cupy-cuda12x  (needs a CUDA GPU)", ("ndarray",)),
     )
 }
 
@@ -93,22 +96,36 @@ def get_engine(name: str) -> Engine:
 
 
 def library_of(obj: Any) -> str | None:
-    """Name of the registered library whose array ``obj`` is, or None.
+    """Name of the registered library whose array ``obj`` is, or None."""
+    return library_of_type(type(obj))
 
-    Decided once per type (cached), without importing anything.
+
+def library_of_type(kind: type) -> str | None:
+    """Name of the registered library whose array type ``kind`` is, or None (cached).
+
+    >>> import numpy as np
+    >>> library_of_type(np.ndarray), library_of_type(list)
+    ('numpy', None)
     """
-    kind = type(obj)
     try:
         return _library_of_type[kind]
     except KeyError:
         pass
-    import array_api_compat
-
     found = None
     for spec in ENGINES.values():
-        if getattr(array_api_compat, spec.detector)(obj):
+        module = sys.modules.get(spec.package)
+        if module is not None and any(
+            issubclass(kind, getattr(module, attr)) for attr in spec.array_types if hasattr(module, attr)
+        ):
             found = spec.name
             break
-    with _lock:
-        _library_of_type.setdefault(kind, found)
+    _library_of_type.setdefault(kind, found)  # atomic; every thread computes the same answer
     return found
+
+
+def load_imported_engines() -> None:
+    """Load the engines of array libraries that are already imported (imports nothing new),
+    so that their tracing hooks are in place before a first call under a compiler."""
+    for name in available_backends():
+        if ENGINES[name].package in sys.modules:
+            get_engine(name)

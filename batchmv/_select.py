@@ -20,6 +20,7 @@ import contextvars
 import os
 from collections.abc import Iterator
 
+from . import _registry
 from ._registry import ENGINES
 
 ENV_VAR = "BATCHMV_BACKEND"
@@ -67,10 +68,32 @@ def requested(backend: str | None) -> str:
     return _from_environment() or "auto"
 
 
-def resolve(backend: str | None, home: str) -> str:
-    """The engine that runs a call whose result belongs to library ``home``."""
+_SEQUENCES = (list, tuple, int, float, complex, bool)
+
+
+def home_of(a_type: type, x_type: type) -> str:
+    """The library that owns the result: x's, else A's (when x is a Python sequence);
+    torch for objects that only speak DLPack; numpy when both are sequences."""
+    for kind in (x_type, a_type):
+        lib = _registry.library_of_type(kind)
+        if lib is not None:
+            return lib
+        if hasattr(kind, "__dlpack__"):
+            return _registry.DLPACK_HOME
+        if not issubclass(kind, _SEQUENCES):
+            break  # x of an unsupported type: its home decides the error message
+    return _registry.SEQUENCE_HOME
+
+
+def route(a_type: type, x_type: type, backend: str | None) -> tuple[str, str]:
+    """(home library, engine) for a call on arrays of these types.
+
+    Depends on types and settings only, never on values: engines that trace (torch.compile)
+    treat it as a constant, so the engine is chosen when the graph is traced.
+    """
+    home = home_of(a_type, x_type)
     name = requested(backend)
-    return home if name == "auto" else name
+    return home, (home if name == "auto" else name)
 
 
 @contextlib.contextmanager
