@@ -17,12 +17,9 @@ class OperandView:
     source: str  #: what the view points into
 
     def describe(self) -> str:
-        offset = "new buffer" if self.offset is None else f"offset {self.offset} B"
+        where = f"new buffer ({self.source})" if self.offset is None else f"offset {self.offset} B in {self.source}"
         flag = {"row-major": "N (row-major)", "col-major": "T (col-major)", None: "any strides"}[self.order]
-        return (
-            f"  {self.name:<4} shape={self.shape!s:<14} strides={self.strides!s:<12} "
-            f"blas={flag:<15} {offset} into {self.source}"
-        )
+        return f"  {self.name:<4} shape={self.shape!s:<14} strides={self.strides!s:<12} blas={flag:<15} {where}"
 
 
 @dataclass(frozen=True)
