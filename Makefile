@@ -15,14 +15,14 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c requirements/constraints.txt torch
-	$(PIP) install -c requirements/constraints.txt -e '.[test]'
+	$(PIP) install -c requirements/constraints.txt -e '.[test,dask,jax,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/batchmv demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --doctest-modules batchmv backends tests
+	$(BIN)/python -m pytest -q --doctest-modules batchmv tests
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

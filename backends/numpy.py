@@ -82,6 +82,9 @@ class NumpyEngine:
     def export_refusal(self, a: np.ndarray) -> Optional[str]:
         return None
 
+    def signature(self, a: np.ndarray) -> Optional[tuple]:
+        return (a.shape, a.strides, a.dtype)
+
     def must_copy(self, a: np.ndarray) -> Optional[str]:
         return None
 

@@ -87,6 +87,11 @@ class TorchEngine:
             return False
         return any(torch._C._functorch.is_functorch_wrapped_tensor(a) for a in arrays)
 
+    def signature(self, a: torch.Tensor) -> Optional[tuple]:
+        if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(a):
+            return None
+        return (a.shape, a.stride(), a.dtype, a.device, a.requires_grad, torch.is_grad_enabled(), a.is_conj(), a.is_neg())
+
     def must_copy(self, a: torch.Tensor) -> Optional[str]:
         if torch.compiler.is_compiling():  # the compiler resolves lazy bits in the graph
             return None
@@ -102,10 +107,13 @@ class TorchEngine:
             return _from_numpy(obj, allow_copy=allow_copy, writable=writable)
         try:
             return torch.from_dlpack(obj), None
-        except (BufferError, RuntimeError, TypeError, ValueError) as err:
+        # (AssertionError: a CUDA producer on a CPU-only torch; AttributeError: no __dlpack_device__)
+        except (AssertionError, AttributeError, BufferError, RuntimeError, TypeError, ValueError) as err:
             raise TypeError(f"torch cannot import {type(obj).__name__} through DLPack: {err}") from err
 
     def export_refusal(self, a: torch.Tensor) -> Optional[str]:
+        if torch.compiler.is_compiling():
+            return "torch.compile is tracing it; only the torch engine can be traced"
         if self.in_transform(a):
             return "it is being transformed by torch.func (vmap/grad); only the torch engine can trace it"
         if a.requires_grad and torch.is_grad_enabled():
@@ -114,6 +122,9 @@ class TorchEngine:
 
     # -- primitives ---------------------------------------------------------------------
     def asarray(self, obj: Any) -> torch.Tensor:
+        if isinstance(obj, torch.Tensor) and (obj.layout != torch.strided or obj.is_nested or obj.is_quantized):
+            kind = "nested" if obj.is_nested else "quantized" if obj.is_quantized else str(obj.layout)
+            raise TypeError(f"the torch engine computes on dense (strided) tensors; got a {kind} tensor")
         return torch.as_tensor(obj)
 
     def permute(self, a: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:

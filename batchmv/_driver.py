@@ -9,7 +9,7 @@ import itertools
 import operator
 from typing import Any, NamedTuple
 
-from . import _layout, _registry, _select
+from . import _layout, _registry, _select, _tune
 from ._errors import CopyRequiredError
 from ._plan import OperandView, Plan
 
@@ -34,7 +34,7 @@ class Call(NamedTuple):
     notes: tuple[str, ...]
 
 
-def _check_copy(copy: object) -> bool:
+def check_copy(copy: object) -> bool:
     if copy is None:
         return True
     if copy is False:
@@ -46,7 +46,7 @@ def _check_copy(copy: object) -> bool:
     )
 
 
-def _to_home(obj: Any, label: str, home: Any, allow_copy: bool, copies: list[str]) -> Any:
+def to_home(obj: Any, label: str, home: Any, allow_copy: bool, copies: list[str]) -> Any:
     """``obj`` as an array of the home library, shared without a copy where possible."""
     lib = _registry.library_of(obj)
     if lib == home.name:
@@ -84,6 +84,16 @@ def _adopt(engine: Any, obj: Any, label: str, allow_copy: bool) -> tuple[Any, st
     return arr, (f"{label}: {reason}" if reason else None)
 
 
+def share(engine: Any, arr: Any, home: Any, label: str, allow_copy: bool, copies: list[str]) -> Any:
+    """``arr`` (an array of ``home``) as an array of ``engine``, without a copy where possible."""
+    refusal = home.export_refusal(arr)
+    if refusal:
+        raise TypeError(f"the {engine.name} engine cannot compute {label} ({home.name}): {refusal}")
+    shared, reason = _adopt(engine, arr, label, allow_copy)
+    copies.extend([reason] if reason else [])
+    return shared
+
+
 def _normalize_axis(axis: Any, x_shape: tuple[int, ...]) -> int:
     if isinstance(axis, bool):
         raise TypeError(f"axis must be an integer, got {axis!r}")
@@ -99,12 +109,15 @@ def _normalize_axis(axis: Any, x_shape: tuple[int, ...]) -> int:
 
 def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object) -> Call:
     """Check a call and decide everything about it; nothing is computed."""
-    allow_copy = _check_copy(copy)
+    handler = _registry.collection_for(type(a), type(x))
+    if handler is not None:  # a lazy collection (registry.COLLECTIONS): its module takes the call
+        return handler.build(a, x, axis, out, backend, copy)
+    allow_copy = check_copy(copy)
     copies: list[str] = []
     home_name, engine_name = _select.route(type(a), type(x), backend)
     home = _registry.get_engine(home_name)
-    x_h = _to_home(x, "x", home, allow_copy, copies)
-    a_h = _to_home(a, "A", home, allow_copy, copies)
+    x_h = to_home(x, "x", home, allow_copy, copies)
+    a_h = to_home(a, "A", home, allow_copy, copies)
 
     a_shape, x_shape = home.shape(a_h), home.shape(x_h)
     if len(a_shape) != 2:
@@ -127,26 +140,34 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     if out is not None:
         _check_out(home, out, y_shape, dtype, home.device(x_h))
 
-    engine = _registry.get_engine(engine_name)
     notes: list[str] = []
+    if engine_name == "fastest":
+        refusal = home.export_refusal(x_h) or home.export_refusal(a_h)
+        if refusal:
+            engine_name = home.name
+            notes.append(f"fastest: {home.name}, the only engine that can take it: {refusal}")
+        else:
+            engine_name, why = _tune.choose(home, a_h, x_h, ax, dtype)
+            notes.append(why)
+    engine = _registry.get_engine(engine_name)
     if engine is home:
         a_e, x_e, out_e = a_h, x_h, out
     else:
-        for label, arr in (("A", a_h), ("x", x_h)):
-            refusal = home.export_refusal(arr)
-            if refusal:
-                raise TypeError(f"the {engine.name} engine cannot compute {label} ({home.name}): {refusal}")
-        a_e, reason = _adopt(engine, a_h, "A", allow_copy)
-        copies.extend([reason] if reason else [])
-        x_e, reason = _adopt(engine, x_h, "x", allow_copy)
-        copies.extend([reason] if reason else [])
+        a_e = share(engine, a_h, home, "A", allow_copy, copies)
+        x_e = share(engine, x_h, home, "x", allow_copy, copies)
+        result_copy = getattr(home, "result_copy", None)  # the home cannot always wrap the result
+        reason = result_copy(engine.name) if result_copy and out is None else None
+        copies.extend([f"y: {reason}"] if reason else [])
         out_e = None
         if out is not None:
             try:
                 out_e, _ = engine.adopt(out, allow_copy=False, writable=True)
             except CopyRequiredError as err:
                 copies.append(f"out: {err}; result computed by {engine.name} and copied into out")
-        dtype = engine.result_dtype(a_e, x_e)
+        # the result keeps the home library's promotion (numpy: int32 with float32 gives
+        # float64; torch: float32), whichever engine computes it: the engine's name for
+        # that dtype is the dtype of a one-element home array adopted by the engine
+        dtype = engine.dtype_of(engine.adopt(home.empty((1,), dtype, x_h), allow_copy=True, writable=False)[0])
         engine.check_dtype(dtype)
 
     tracks = engine.tracks_graph(a_e, x_e)
@@ -155,7 +176,19 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     if engine.in_transform(a_e, x_e):
         if out is not None:
             raise ValueError("out= cannot be used inside a transform (vmap/grad)")
-        notes.append(f"inputs are being transformed: the {engine.name} library's matmul runs under the transform")
+        notes.append(
+            getattr(engine, "transform_note", None)
+            or f"inputs are being transformed: the {engine.name} library's matmul runs under the transform"
+        )
+        if hasattr(engine, "astype"):  # operands are cast to the result dtype (home promotion)
+            casts = [
+                f"{label}: cast from {engine.dtype_name(arr)} to the result dtype {dtype}"
+                for label, arr in (("A", a_e), ("x", x_e))
+                if engine.dtype_of(arr) != dtype
+            ]
+            if casts and not allow_copy:
+                raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(casts))
+            copies.extend(casts)
         return Call(home, engine, a_e, x_e, out, None, ax, dtype, y_shape, None, tracks, tuple(copies), tuple(notes))
 
     a_cast = _cast_reason(engine, a_e, "A", dtype)
@@ -197,6 +230,8 @@ def _check_out(home: Any, out: Any, y_shape: tuple[int, ...], dtype: Any, device
         raise TypeError(f"out is on {home.device(out)} and the inputs on {device}")
     if not home.is_writable(out):
         raise ValueError("out is read-only")
+    if 0 not in y_shape and any(st == 0 and size > 1 for st, size in zip(home.strides(out), y_shape)):
+        raise ValueError(f"out has stride 0 along an axis (strides {home.strides(out)}): several results would share one element")
 
 
 def _cast_reason(engine: Any, arr: Any, label: str, dtype: Any) -> str | None:
@@ -217,11 +252,23 @@ def _overlap(engine: Any, a: Any, b: Any) -> bool:
     )
 
 
+def _reshape(eng: Any, arr: Any, perm: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+    """``arr`` permuted by ``perm`` and viewed as ``shape``, skipping steps that change nothing."""
+    if perm != tuple(range(len(perm))):
+        arr = eng.permute(arr, perm)
+    return arr if eng.shape(arr) == shape else eng.view(arr, shape)
+
+
 def execute(call: Call) -> Any:
     """Run a built call and return the result (``out`` itself when given)."""
+    if not isinstance(call, Call):
+        return call.execute()  # a lazy collection's call
     eng, sched = call.engine, call.schedule
     if sched is None:
-        y = eng.transform_matvec(call.a, call.x, call.axis)
+        a, x = call.a, call.x
+        if hasattr(eng, "astype"):
+            a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
+        y = eng.transform_matvec(a, x, call.axis)
         return y if eng is call.home else call.home.adopt(y, allow_copy=False, writable=False)[0]
     a, x = call.a, call.x
     if sched.a_copy:
@@ -231,10 +278,10 @@ def execute(call: Call) -> Any:
     if sched.x_copy:
         x = eng.vectors_last_copy(x, call.axis, call.dtype)
     a_t = eng.permute(a, (1, 0))
-    x2 = eng.view(eng.permute(x, sched.perm), sched.view_shape)
+    x2 = _reshape(eng, x, sched.perm, sched.view_shape)
     r_shape = (*sched.loop_shape, sched.rows, call.y_shape[call.axis])
     direct = call.out_e is not None and sched.out_direct
-    r2 = eng.view(eng.permute(call.out_e, sched.perm), r_shape) if direct else None
+    r2 = _reshape(eng, call.out_e, sched.perm, r_shape) if direct else None
     if not sched.loop_shape:
         r2 = eng.gemm(x2, a_t, r2)
     elif call.tracks_graph:
@@ -246,8 +293,9 @@ def execute(call: Call) -> Any:
             eng.gemm(x2[i], a_t, r2[i])
     if direct:
         return call.out
-    inverse = tuple(sorted(range(len(sched.perm)), key=sched.perm.__getitem__))
-    y = eng.permute(eng.view(r2, sched.split_shape), inverse)
+    y = eng.view(r2, sched.split_shape) if sched.split_shape != r_shape else r2
+    if sched.perm != tuple(range(len(sched.perm))):
+        y = eng.permute(y, tuple(sorted(range(len(sched.perm)), key=sched.perm.__getitem__)))
     if call.out_e is not None:
         eng.assign(call.out_e, y)
         return call.out
@@ -256,7 +304,9 @@ def execute(call: Call) -> Any:
     if eng is call.home:
         y_home = y
     else:
-        y_home, _ = call.home.adopt(y, allow_copy=False, writable=False)
+        planned = any(c.startswith("y: ") for c in call.copies)
+        adopt = getattr(call.home, "adopt_result", call.home.adopt)  # a result is wrapped as it is laid out
+        y_home, _ = adopt(y, allow_copy=planned, writable=False)
     if call.out is not None:
         call.home.assign(call.out, y_home)
         return call.out
@@ -265,6 +315,8 @@ def execute(call: Call) -> Any:
 
 def make_plan(call: Call) -> Plan:
     """The public report of a built call."""
+    if not isinstance(call, Call):
+        return call.plan()  # a lazy collection's call
     eng, sched = call.engine, call.schedule
     a_shape, x_shape = eng.shape(call.a), eng.shape(call.x)
     m, n = a_shape
@@ -275,7 +327,7 @@ def make_plan(call: Call) -> Plan:
     itemsize = max(eng.itemsize(call.a), eng.itemsize(call.x))
     if sched is None:
         return Plan(
-            backend=eng.name, kernel="matmul under transform", copies=call.copies, flops=flops,
+            backend=eng.name, kernel=getattr(eng, "transform_kernel", "matmul under transform"), copies=call.copies, flops=flops,
             bytes=itemsize * (m * n + batch * (n + m)), home=call.home.name, dtype=str(call.dtype),
             notes=call.notes,
         )  # fmt: skip

@@ -55,7 +55,8 @@ def _groups(axes: list[int], shape: tuple[int, ...], strides: Strides) -> list[l
     for axis in axes:
         if runs:
             last = runs[-1][-1]
-            if strides[last] == strides[axis] * shape[axis]:  # type: ignore[operator]
+            # (an empty axis: nothing is read, any strides can be viewed as one)
+            if strides[last] == strides[axis] * max(shape[axis], 1):  # type: ignore[operator]
                 runs[-1].append(axis)
                 continue
         runs.append([axis])
@@ -107,6 +108,11 @@ def schedule(
     (1, 10, None, None)
     """
     m, n = a_shape
+    # the strides of an array without elements mean nothing (numpy reports zeros): use C order
+    if m * n == 0:
+        a_strides = contiguous_strides(a_shape)
+    if math.prod(x_shape) == 0:
+        x_strides = vectors_last_strides(x_shape, axis)
     a_t_order = blas_order(n, m, a_strides[1], a_strides[0])
     a_copy = a_cast
     if a_cast:
@@ -163,6 +169,8 @@ def _writable_view(
     strides: Strides, shape: tuple[int, ...], axis: int, m: int, runs: list[list[int]], rows: int, needs_blas: bool
 ) -> bool:
     """Whether ``out`` (strides ``strides``) can be viewed like x's runs and written by GEMM."""
+    if m * math.prod(shape[:axis] + shape[axis + 1 :]) == 0:
+        return True  # out has no elements: any view of it takes the (empty) result
     if any(strides[i] is None or strides[i] == 0 for i in range(len(shape)) if shape[i] != 1 or i == axis):
         return False if m != 1 else all(strides[i] for i in range(len(shape)) if shape[i] != 1 and i != axis)
     for run in runs:
@@ -196,7 +204,7 @@ def _batch_plan(
     vec_stride = strides[axis] if n != 1 else 1
 
     def row_stride(run: list[int]) -> int | None:
-        return strides[run[-1]] if run else n * (vec_stride or 1)
+        return strides[run[-1]] if run else max(n, 1) * (vec_stride or 1)
 
     def order(run: list[int]) -> str | None:
         return blas_order(math.prod([shape[i] for i in run]), n, row_stride(run), vec_stride)

@@ -42,11 +42,13 @@ class Plan:
     gemm_calls: int = 1  #: how many GEMM calls the kernel makes
     views: tuple[OperandView, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())
+    blocks: int = 1  #: separately computed blocks (dask: one matvec call per block, views of the first)
 
     def __str__(self) -> str:
         lines = [
             f"batchmv plan: {self.home} result, {self.backend} engine, dtype {self.dtype}",
-            f"  kernel: {self.kernel} ({self.gemm_calls} call{'s' if self.gemm_calls != 1 else ''}), "
+            f"  kernel: {self.kernel} ({self.gemm_calls} call{'s' if self.gemm_calls != 1 else ''}"
+            + (f" in {self.blocks} blocks" if self.blocks != 1 else "") + "), "
             f"{self.flops:,} flops, {self.bytes:,} bytes minimum traffic",
             "  views (Y2 = X2 @ A.T):",
             *("  " + v.describe() for v in self.views),

@@ -12,6 +12,7 @@ finished engine.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -38,7 +39,8 @@ ENGINES: dict[str, EngineSpec] = {
     for spec in (
         EngineSpec("numpy", "numpy", "pip install numpy", ("ndarray", "generic")),
         EngineSpec("torch", "torch", "pip install torch", ("Tensor",)),
-        EngineSpec("jax", "jax", "pip install 'batchmv[jax]'  (or: pip install jax)", ("Array",)),
+        # jax.jit/vmap/grad tracers are not subclasses of jax.Array (jax >= 0.8.2)
+        EngineSpec("jax", "jax", "pip install 'batchmv[jax]'  (or: pip install jax)", ("Array", "core.Tracer")),
         EngineSpec("cupy", "cupy", "pip install cupy-cuda12x  (needs a CUDA GPU)", ("ndarray",)),
     )
 }
@@ -115,12 +117,19 @@ def library_of_type(kind: type) -> str | None:
     for spec in ENGINES.values():
         module = sys.modules.get(spec.package)
         if module is not None and any(
-            issubclass(kind, getattr(module, attr)) for attr in spec.array_types if hasattr(module, attr)
+            issubclass(kind, cls) for cls in map(functools.partial(_attribute, module), spec.array_types) if cls
         ):
             found = spec.name
             break
     _library_of_type.setdefault(kind, found)  # atomic; every thread computes the same answer
     return found
+
+
+def _attribute(module: Any, path: str) -> Any:
+    """``module.<path>`` for a dotted ``path``, or None where a part is missing."""
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module
 
 
 def load_imported_engines() -> None:
@@ -129,3 +138,76 @@ def load_imported_engines() -> None:
     for name in available_backends():
         if ENGINES[name].package in sys.modules:
             get_engine(name)
+
+
+# -- lazy collections: home libraries that are not engines ---------------------------------
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """A library whose arrays are lazy collections of blocks, each block an array of some
+    engine's library (dask.array).  It is a home library but not an engine: ``backend=``
+    never names it.  Its module, ``batchmv.backends.<name>``, defines ``COLLECTION_CLASS``,
+    whose ``build(a, x, axis, out, backend, copy)`` takes the whole call and returns an
+    object with ``execute()`` and ``plan()``; each block goes through the normal dispatch.
+    """
+
+    name: str  #: the library's name (also the module name in batchmv.backends)
+    package: str  #: the top-level module, for the installation check
+    module: str  #: the module that defines the array types; nothing is one before it is imported
+    install: str  #: what to install when the library is missing
+    array_types: tuple[str, ...]  #: attribute names, in ``module``, of the array types
+
+
+COLLECTIONS: dict[str, CollectionSpec] = {
+    spec.name: spec
+    for spec in (CollectionSpec("dask", "dask", "dask.array", "pip install 'batchmv[dask]'", ("Array",)),)
+}
+
+_collections: dict[str, Any] = {}
+_collection_of_type: dict[type, str | None] = {}
+
+
+def collection_of_type(kind: type) -> str | None:
+    """Name of the registered lazy-collection library whose array type ``kind`` is, or None
+    (cached; imports nothing).
+
+    >>> collection_of_type(list)
+    """
+    found = _collection_of_type.get(kind, False)
+    if found is not False:
+        return found
+    found = None
+    for spec in COLLECTIONS.values():
+        module = sys.modules.get(spec.module)
+        if module is not None and any(
+            isinstance(getattr(module, attr, None), type) and issubclass(kind, getattr(module, attr))
+            for attr in spec.array_types
+        ):
+            found = spec.name
+            break
+    _collection_of_type.setdefault(kind, found)
+    return found
+
+
+def collection_for(*kinds: type) -> Any:
+    """The handler that takes a whole call whose arguments have these types (the first one
+    that is a lazy collection decides), or None: the call goes to the engines."""
+    for kind in kinds:
+        name = collection_of_type(kind)
+        if name is not None:
+            return get_collection(name)
+    return None
+
+
+def get_collection(name: str) -> Any:
+    """The handler of lazy-collection library ``name``, imported on first use."""
+    handler = _collections.get(name)
+    if handler is not None:
+        return handler
+    spec = COLLECTIONS[name]
+    if importlib.util.find_spec(spec.package) is None:  # pragma: no cover - its arrays exist
+        raise ImportError(f"batchmv's {name!r} support needs {spec.package}: {spec.install}")
+    built = importlib.import_module(f"batchmv.backends.{name}").COLLECTION_CLASS()
+    with _lock:
+        return _collections.setdefault(name, built)

@@ -9,8 +9,10 @@ For one call, the engine name comes from the first of:
 4. ``"auto"``.
 
 ``"auto"`` means the home library's own engine: the library of ``x`` (of ``A`` when ``x``
-is a plain Python sequence; torch for objects that only speak DLPack).  Names are
-case-insensitive and surrounding whitespace is ignored.
+is a plain Python sequence; torch for objects that only speak DLPack).  ``"fastest"``
+means the engine measured fastest for this kind of call among those that take it without
+a copy (:mod:`batchmv._tune`).  Names are case-insensitive and surrounding whitespace is
+ignored.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from . import _registry
 from ._registry import ENGINES
 
 ENV_VAR = "BATCHMV_BACKEND"
-VALID_NAMES: tuple[str, ...] = ("auto", *ENGINES)
+VALID_NAMES: tuple[str, ...] = ("auto", "fastest", *ENGINES)
 
 _context: contextvars.ContextVar[str | None] = contextvars.ContextVar("batchmv_backend", default=None)
 _UNREAD = object()

@@ -1,0 +1,238 @@
+"""Dask arrays: ``matvec(A, x)`` with ``x`` a dask array returns a lazy dask array.
+
+Dask is a *home* library (the result is a dask array) but not an engine: every block of
+``x`` goes through the normal dispatch, ``batchmv.matvec(A, block)``, so numpy-backed and
+cupy-backed dask arrays both work, each block as one GEMM on views.  The registry lists
+dask in ``COLLECTIONS``; the driver hands the whole call to :class:`DaskCollection`.
+
+* The graph is blockwise over x's chunks.  Every vector must lie in one block, so x gets
+  one chunk along ``axis``: an x chunked along ``axis`` is rechunked (a copy, reported by
+  ``plan``; ``copy=False`` raises :class:`batchmv.CopyRequiredError`).
+* ``A`` enters the graph once, as one key on which every block task depends (a numpy or
+  torch array as a literal, a dask array as its single chunk), so the pickled graph does
+  not grow with the number of blocks and a distributed scheduler sends A to each worker
+  once.  A dask ``A`` in several chunks is first concatenated into one (a reported copy).
+* The engine is captured when the graph is built: the ``backend`` argument, else the
+  innermost ``use_backend`` block, else ``BATCHMV_BACKEND``, else ``"auto"`` -- whatever is
+  in force at the ``matvec`` call -- is written into every block task.  Blocks run later,
+  on other threads or processes, where neither the context nor the caller's environment
+  exist, so nothing is read there.
+* Errors (shapes, dtypes, devices, engines, ``copy=False``) are raised when the graph is
+  built: each distinct block shape is planned against a block of zeros of x's block type
+  (numpy's from calloc: nothing is computed and no page is touched).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed, delayed
+
+from .. import _api, _registry, _select
+from .._errors import CopyRequiredError
+from .._plan import Plan
+
+_SEQUENCES = (list, tuple, int, float, complex, bool)
+
+
+def _check_copy(copy: object) -> bool:
+    if copy is None or copy is False:
+        return copy is None
+    raise ValueError(
+        f"copy must be None (copy only what cannot be avoided, each copy reported by plan) or "
+        f"False (never copy, raise CopyRequiredError instead); got {copy!r}"
+    )
+
+
+def _normalize_axis(axis: Any, shape: tuple[int, ...]) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
+    if not -len(shape) <= axis < len(shape):
+        raise ValueError(f"axis {axis} is out of range for x with shape {shape} ({len(shape)}-D)")
+    return int(axis) % len(shape)
+
+
+def matvec_block(x_block: Any, a: Any, *, axis: int, backend: str, copy: bool | None) -> Any:
+    """One block of the graph: the normal dispatch, on the engine captured at graph construction."""
+    return _api.matvec(a, x_block, axis=axis, backend=backend, copy=copy)
+
+
+@dataclass(frozen=True)
+class DaskCall:
+    """A built call on dask arrays: the lazy result and its plan."""
+
+    array: Any
+    report: Plan
+
+    def execute(self) -> Any:
+        return self.array
+
+    def plan(self) -> Plan:
+        return self.report
+
+
+def _block_shapes(chunks: tuple[tuple[int, ...], ...]) -> Counter:
+    """How many blocks of each shape the chunk grid has (few distinct shapes, however many blocks)."""
+    per_axis = [Counter(c) for c in chunks]
+    shapes: Counter = Counter()
+    for combo in itertools.product(*(list(c.items()) for c in per_axis)):
+        shapes[tuple(size for size, _ in combo)] = math.prod(count for _, count in combo)
+    return shapes
+
+
+def _template(meta: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+    """Zeros in ``meta``'s library (numpy, cupy, ...) for planning.  numpy's come from calloc:
+    pages nobody reads are never touched, so a large one costs address space only."""
+    if type(meta) is np.ndarray:
+        return np.zeros(shape, dtype)
+    return np.zeros_like(meta, shape=shape, dtype=dtype)
+
+
+class DaskCollection:
+    name = "dask"
+
+    def build(self, a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object) -> DaskCall:
+        allow_copy = _check_copy(copy)
+        engine_name = _select.requested(backend)  # read now; the engine it gives goes into the graph
+        if engine_name in _registry.ENGINES:
+            _registry.get_engine(engine_name)  # ImportError now rather than in a worker
+        if out is not None:
+            raise TypeError(
+                "out= cannot be used with dask arrays (they are immutable); "
+                "use dask.array.store to write the lazy result into an array"
+            )
+        copies: list[str] = []
+        x = self._x_as_dask(a, x, allow_copy, copies)
+        if any(math.isnan(s) for s in x.shape):
+            raise ValueError(f"x has unknown chunk sizes (shape {x.shape}); call x.compute_chunk_sizes() first")
+        a, a_arg, a_template = self._a_into_graph(a, allow_copy, copies)
+        a_shape = tuple(a_template.shape)
+        if len(a_shape) != 2:
+            raise ValueError(f"A must be 2-D, shape (m, n); got A with shape {a_shape}")
+        if x.ndim == 0:
+            raise ValueError(f"x must be at least 1-D; got x with shape {x.shape} (a scalar)")
+        ax = _normalize_axis(axis, x.shape)
+        m, n = a_shape
+        if x.shape[ax] != n:
+            raise ValueError(
+                f"x.shape[axis] must equal n = A.shape[1]: A has shape {a_shape}, x has shape {x.shape}, axis={axis}"
+            )
+        if x.numblocks[ax] > 1:
+            copies.append(
+                f"x: rechunked from {x.numblocks[ax]} chunks along axis {ax} to one (every vector must lie in "
+                "one block): each block is assembled from its pieces, a copy of x"
+            )
+            if not allow_copy:
+                raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(copies))
+            x = x.rechunk({ax: -1})
+
+        # Plan every distinct block shape on uninitialised blocks: errors surface now, not in a worker.
+        plans = []
+        for shape, count in _block_shapes(x.chunks).items():
+            block = _template(x._meta, shape, x.dtype)
+            plans.append((shape, count, _api.plan(a_template, block, axis=ax, backend=engine_name, copy=copy)))
+        # The engine every block runs on, decided here ("auto": the blocks' library; "fastest":
+        # measured once, here, not per block in each worker).
+        engine = self._first(plans, x).backend
+        zero = tuple(0 if i != ax else n for i in range(x.ndim)) if x.ndim > 1 else (n,)
+        meta = _api.matvec(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend=engine, copy=copy)
+
+        a_key = a_arg.key
+        name = "batchmv-matvec-" + tokenize(x.name, a_key, ax, engine, copy, m)
+        y = da.blockwise(
+            matvec_block, tuple(range(x.ndim)), x, tuple(range(x.ndim)), a_arg, None,
+            adjust_chunks={ax: m}, dtype=meta.dtype, meta=meta, name=name,
+            axis=ax, backend=engine, copy=copy,
+        )  # fmt: skip
+        return DaskCall(y, self._plan(plans, copies, x, engine_name, engine, a_key))
+
+    @staticmethod
+    def _first(plans: list, x: da.Array) -> Plan:
+        """The plan of the first block."""
+        first_shape = tuple(c[0] for c in x.chunks)
+        return next((p for shape, _, p in plans if shape == first_shape), plans[0][2])
+
+    # -- inputs ---------------------------------------------------------------------------
+    @staticmethod
+    def _x_as_dask(a: Any, x: Any, allow_copy: bool, copies: list[str]) -> da.Array:
+        if isinstance(x, da.Array):
+            return x
+        if isinstance(x, _SEQUENCES):  # x a Python sequence, A a dask array: dask is the home
+            reason = f"x: Python {type(x).__name__} converted to an array with numpy.asarray"
+            if not allow_copy:
+                raise CopyRequiredError(f"{reason}; copy=False forbids it")
+            copies.append(reason)
+            return da.from_array(np.asarray(x), chunks=-1)
+        raise TypeError(
+            f"A is a dask array but x is a {type(x).__module__}.{type(x).__qualname__}: the result would "
+            "belong to x's library. Pass x as a dask array (dask.array.from_array(x)) for a lazy result, "
+            "or A.compute() for an eager one"
+        )
+
+    @staticmethod
+    def _a_into_graph(a: Any, allow_copy: bool, copies: list[str]) -> tuple[Any, Delayed, Any]:
+        """(A, the one graph key that holds it, an array with A's type, shape and dtype for planning)."""
+        if isinstance(a, da.Array):
+            if any(math.isnan(s) for s in a.shape):
+                raise ValueError(f"A has unknown chunk sizes (shape {a.shape}); call A.compute_chunk_sizes() first")
+            if a.npartitions > 1:
+                copies.append(f"A: its {a.npartitions} dask chunks concatenated into one (every block needs all of A)")
+                if not allow_copy:
+                    raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(copies))
+                a = a.rechunk(-1)
+            (key,) = a.to_delayed().ravel()
+            return a, key, _template(a._meta, a.shape, a.dtype)
+        if isinstance(a, _SEQUENCES):
+            reason = f"A: Python {type(a).__name__} converted to an array with numpy.asarray, once"
+            if not allow_copy:
+                raise CopyRequiredError(f"{reason}; copy=False forbids it")
+            copies.append(reason)
+            a = np.asarray(a)
+        if not hasattr(a, "shape"):
+            raise TypeError(f"A must be an array or a Python sequence; got {type(a).__module__}.{type(a).__qualname__}")
+        try:
+            token = tokenize(a)
+        except Exception:  # an object dask cannot hash: a unique key still enters the graph once
+            token = uuid.uuid4().hex
+        return a, delayed(a, name=f"batchmv-A-{token}", pure=True), a
+
+    # -- report ---------------------------------------------------------------------------
+    @staticmethod
+    def _plan(plans: list, copies: list[str], x: da.Array, requested: str, engine: str, a_key: Any) -> Plan:
+        first = DaskCollection._first(plans, x)
+        blocks = sum(count for _, count, _ in plans)
+        block_copies = list(dict.fromkeys(c for _, _, p in plans for c in p.copies))
+        kernels = sorted({p.kernel for _, _, p in plans})
+        notes = [
+            f"dask: {blocks} block{'s' if blocks != 1 else ''} (grid {x.numblocks}, blocks of up to {x.chunksize}); "
+            "each block is one "
+            "batchmv.matvec call, run where dask schedules it; views above: the first block",
+            f"engine captured when the graph was built: {engine!r} (from {requested!r}: the backend argument, "
+            "use_backend or BATCHMV_BACKEND in force at the call), written into every block task",
+            f"A enters the graph once, as the key {a_key!r}; every block task depends on it",
+            *dict.fromkeys(nt for _, _, p in plans for nt in p.notes),
+        ]
+        return Plan(
+            backend=first.backend,
+            kernel=" / ".join(kernels),
+            copies=(*copies, *(f"each block: {c}" for c in block_copies)),
+            flops=sum(count * p.flops for _, count, p in plans),
+            bytes=sum(count * p.bytes for _, count, p in plans),
+            home="dask",
+            dtype=first.dtype,
+            gemm_calls=sum(count * p.gemm_calls for _, count, p in plans),
+            views=first.views,
+            notes=tuple(notes),
+            blocks=blocks,
+        )
+
+
+COLLECTION_CLASS = DaskCollection

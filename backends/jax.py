@@ -1,0 +1,448 @@
+"""The jax engine: one ``jax.lax.dot_general`` on A as given; the result is a ``jax.Array``.
+
+JAX arrays are immutable and their strides are not observable (XLA chooses layouts when it
+compiles), so this engine never goes through the view/GEMM schedule of
+:mod:`batchmv._layout`.  Every call takes the driver's semantic path
+(:meth:`JaxEngine.in_transform` is always true) and is expressed as::
+
+    y = jax.lax.dot_general(x, A, contracting x's ``axis`` with A's dim 1, no batch dims)
+    y = jnp.moveaxis(y, -1, axis)
+
+That is one dot on A exactly as given: no broadcast of A over the batch (the form
+``jnp.matmul(A, x[..., None])`` would need transposes and copies around a batched dot),
+no transpose or copy of A in the compiled program.  Because dispatch here looks at types
+only, never at values, the same code runs on concrete arrays and on tracers: it works
+unchanged inside ``jax.jit``, ``jax.vmap``, ``jax.grad`` (in A and x), ``jax.jacfwd`` and
+with sharded arrays (the batch sharding of x carries over to y, without collectives).
+
+Precision: the dot runs with ``precision=jax.lax.Precision.HIGHEST``.  On CPU that changes
+nothing; on GPU and TPU the default precision may compute float32 products in TF32 or
+bfloat16 passes.  batchmv promises that float32 means float32, so it asks for HIGHEST.
+float64 needs ``jax_enable_x64`` (``JAX_ENABLE_X64=1``); without it the engine refuses
+64-bit inputs from other libraries instead of silently computing in 32 bits.
+
+Crossing libraries: numpy arrays and torch tensors are imported through DLPack (read-only
+numpy arrays, which DLPack cannot export to JAX, through ``jax.device_put``), and the
+pointer of the imported array is compared with the source's to know whether memory is
+shared.  JAX's CPU client wraps foreign memory only when it is 64-byte aligned, dense and
+in native byte order; a dense but transposed operand (e.g. ``A.T`` of a C-ordered array)
+would be wrapped, but XLA's CPU program then copies it to row-major before the dot, so the
+engine takes only C-ordered operands as shared.  Otherwise the data is copied
+(``copy=None``, reported by ``plan``) or :class:`batchmv.CopyRequiredError` is raised
+(``copy=False``); these conditions are checked before an import is attempted (some
+imports of unusual layouts would fail or copy silently).  In the other direction, numpy
+and torch read jax arrays in place (DLPack); a result computed by torch is wrapped as it
+is, one computed by numpy is copied (numpy's allocations are not 64-byte aligned), and
+``plan`` says so.  A tracer cannot be computed by another engine (TypeError).  ``out=`` is
+refused with TypeError: jax arrays are immutable.
+
+Because JAX dispatches asynchronously, a call that reads another library's memory in
+place waits for the dot before returning, so that the caller may write to that memory
+afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import CopyRequiredError
+
+#: JAX's CPU client imports foreign memory without a copy only at this alignment.
+IMPORT_ALIGNMENT = 64
+
+_Tracer = jax.core.Tracer
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+_IMMUTABLE = (
+    "jax arrays are immutable, so the jax engine cannot write into out=; "
+    "call matvec without out= and use the returned array"
+)
+
+
+def _is_tracer(a: Any) -> bool:
+    return isinstance(a, _Tracer)
+
+
+def _layout_problem(
+    shape: tuple[int, ...], byte_strides: tuple[int, ...], itemsize: int, any_order: bool = False
+) -> Optional[str]:
+    """Why JAX cannot use memory with these strides as it is, or None for C order (for any
+    dense layout when ``any_order``); size-1 axes may have any stride.
+
+    JAX's DLPack import wraps any dense layout (a transposition of a C-ordered buffer), but
+    XLA's CPU programs copy an operand whose layout is not row-major before the dot
+    (measured: a column-major A is copied to row-major, with a temporary of A's size), so
+    only C order is taken as shared.
+
+    >>> _layout_problem((3, 4), (16, 4), 4) is None
+    True
+    >>> _layout_problem((3, 4), (4, 12), 4).split(":")[0]  # column-major
+    'byte strides (4, 12) (not C order'
+    >>> _layout_problem((3, 4), (32, 4), 4)  # every other row
+    'byte strides (32, 4) (JAX wraps only dense memory)'
+    """
+    def walks_densely(axes: list[tuple[int, int]]) -> bool:  # (stride, size), innermost first
+        step = itemsize
+        for stride, size in axes:
+            if stride != step:
+                return False
+            step *= size
+        return True
+
+    live = [(s, n) for s, n in zip(byte_strides, shape) if n != 1]
+    if walks_densely(live[::-1]):
+        return None
+    if walks_densely(sorted(live)):
+        return None if any_order else (
+            f"byte strides {tuple(byte_strides)} (not C order: XLA's CPU programs copy an operand "
+            "that is not row-major before the dot)"
+        )
+    return f"byte strides {tuple(byte_strides)} (JAX wraps only dense memory)"
+
+
+def _jax_dtype(name: str) -> np.dtype:
+    """The dtype called ``name`` as JAX holds it, or TypeError when JAX cannot hold it as is."""
+    try:
+        dtype = np.dtype(getattr(jnp, name)) if hasattr(jnp, name) else np.dtype(name)
+    except TypeError:
+        raise TypeError(f"jax has no dtype {name}") from None
+    if not jax.dlpack.is_supported_dtype(dtype):
+        raise TypeError(f"the jax engine cannot hold arrays of dtype {dtype}")
+    held = np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+    if held != dtype:
+        raise TypeError(
+            f"jax holds {dtype} as {held} while jax_enable_x64 is off, which would silently change the "
+            f"computation; enable it (JAX_ENABLE_X64=1 or jax.config.update('jax_enable_x64', True)) "
+            f"or cast the input to {held} yourself"
+        )
+    return dtype
+
+
+def _misaligned(ptr: int) -> str:
+    return (
+        f"data at an address {ptr % IMPORT_ALIGNMENT} bytes past a 64-byte boundary "
+        "(JAX's CPU client wraps only 64-byte-aligned memory)"
+    )
+
+
+def _aligned_copy(arr: np.ndarray) -> np.ndarray:
+    """A C-ordered, native-byte-order, 64-byte-aligned copy of ``arr`` (which JAX can wrap)."""
+    dtype = arr.dtype.newbyteorder("=")
+    raw = np.empty(arr.size * dtype.itemsize + IMPORT_ALIGNMENT, dtype=np.uint8)
+    skip = -raw.__array_interface__["data"][0] % IMPORT_ALIGNMENT
+    buf = raw[skip : skip + arr.size * dtype.itemsize].view(dtype).reshape(arr.shape)
+    np.copyto(buf, arr, casting="equiv")
+    return buf
+
+
+class JaxEngine:
+    name = "jax"
+    #: what :func:`batchmv.plan` reports as the kernel of every jax call
+    transform_kernel = "dot_general"
+    #: what :func:`batchmv.plan` notes about every jax call
+    transform_note = (
+        "jax: one jax.lax.dot_general (precision HIGHEST) contracting x's axis with A's dim 1, "
+        "then moveaxis; XLA chooses the layouts: A is neither broadcast nor copied (x and y may "
+        "be transposed inside the program when x's vector axis is not the last)"
+    )
+
+    def __init__(self) -> None:
+        # id -> weakref of arrays that wrap another library's memory (see transform_matvec)
+        self._foreign: dict[int, weakref.ref] = {}
+
+    # -- questions about native arrays ------------------------------------------------
+    def is_native(self, obj: Any) -> bool:
+        return isinstance(obj, (jax.Array, _Tracer))
+
+    def shape(self, a: Any) -> tuple[int, ...]:
+        return tuple(a.shape)
+
+    def strides(self, a: Any) -> tuple[Optional[int], ...]:
+        """Element strides of the array's one buffer, from its XLA layout; all None for
+        tracers (no buffer yet) and arrays sharded over several devices (no single buffer)."""
+        unknown = (None,) * a.ndim
+        if _is_tracer(a) or len(a.sharding.device_set) != 1:
+            return unknown
+        layout = getattr(a.format, "layout", None)
+        if layout is None or getattr(layout, "tiling", ()) or not hasattr(layout, "major_to_minor"):
+            return unknown
+        strides: list[int] = [0] * a.ndim
+        step = 1
+        for axis in reversed(layout.major_to_minor):
+            strides[axis] = step
+            step *= max(a.shape[axis], 1)
+        return tuple(strides)
+
+    def dtype_name(self, a: Any) -> str:
+        return str(a.dtype)
+
+    def itemsize(self, a: Any) -> int:
+        return np.dtype(a.dtype).itemsize
+
+    def device(self, a: Any) -> str:
+        """The platform ("cpu", "gpu", "tpu").  JAX places data among the devices of one
+        platform itself (shardings, committed arrays); batchmv only refuses to mix
+        platforms.  A tracer's platform is the default backend's."""
+        if _is_tracer(a):
+            return jax.default_backend()
+        return next(iter(a.sharding.device_set)).platform
+
+    def address(self, a: Any) -> tuple[int, int]:
+        if _is_tracer(a):
+            raise TypeError("a jax tracer has no memory: it stands for a value inside a transformation")
+        if len(a.sharding.device_set) != 1:
+            raise TypeError("an array sharded over several devices has no single address")
+        return a.unsafe_buffer_pointer(), 0
+
+    def is_writable(self, a: Any) -> bool:
+        # Only ever asked about an out= argument, which can never be written: say why.
+        raise TypeError(_IMMUTABLE)
+
+    def needs_blas_layout(self, dtype: Any) -> bool:
+        return False  # XLA chooses operand layouts itself
+
+    def dtype_of(self, a: Any) -> np.dtype:
+        return np.dtype(a.dtype)
+
+    def result_dtype(self, a: Any, x: Any) -> np.dtype:
+        return np.dtype(jnp.result_type(a, x))
+
+    def check_dtype(self, dtype: Any) -> None:
+        dtype = np.dtype(dtype)
+        if not (jnp.issubdtype(dtype, jnp.number) or dtype == np.bool_):
+            raise TypeError(f"the jax engine cannot multiply arrays of dtype {dtype}")
+
+    def tracks_graph(self, *arrays: Any) -> bool:
+        return any(_is_tracer(a) for a in arrays)
+
+    def in_transform(self, *arrays: Any) -> bool:
+        """Always true: jax arrays have no observable strides and cannot be written, so
+        every call is expressed with :meth:`transform_matvec` and compiled by XLA."""
+        return True
+
+    def signature(self, a: Any) -> Optional[tuple]:
+        """What a call depends on: shape, dtype (weak or not) and placement; None for tracers,
+        whose calls are traced once by their transformation anyway."""
+        if _is_tracer(a):
+            return None
+        return (a.shape, a.dtype, a.weak_type, a.sharding)
+
+    def must_copy(self, a: Any) -> Optional[str]:
+        return None
+
+    # -- crossing libraries ------------------------------------------------------------
+    def adopt(
+        self, obj: Any, *, allow_copy: bool, writable: bool, any_order: bool = False
+    ) -> tuple[Any, Optional[str]]:
+        """``obj`` as a jax array sharing its memory where JAX can use it as it is: 64-byte
+        aligned, native byte order, C order (``any_order``: any dense layout)."""
+        if writable:
+            raise TypeError(_IMMUTABLE)
+        if isinstance(obj, np.ndarray):
+            arr, reason = _from_numpy(obj, allow_copy, any_order)
+        elif type(obj).__module__.split(".")[0] == "torch":
+            arr, reason = _from_torch(obj, allow_copy, any_order)
+        else:
+            arr, reason = _from_dlpack_object(obj, allow_copy, any_order)
+        if reason is None:
+            self._mark_foreign(arr)
+        return arr, reason
+
+    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[Any, Optional[str]]:
+        """Another engine's result as a jax array.  Unlike an operand, a result with a
+        transposed layout is wrapped as it is: nothing here would copy it again."""
+        arr, reason = self.adopt(obj, allow_copy=allow_copy, writable=writable, any_order=True)
+        self._foreign.pop(id(arr), None)  # owned by the result alone: nobody writes to it
+        return arr, reason
+
+    def result_copy(self, engine_name: str) -> Optional[str]:
+        """Why the result of engine ``engine_name`` must be copied to become a jax array."""
+        if engine_name == "numpy":
+            # numpy allocates with malloc (16-byte alignment); torch's CPU allocator aligns to 64
+            return (
+                "numpy allocates its result without 64-byte alignment, which JAX's CPU client needs "
+                "to wrap memory; copied into a jax array (wrapped instead when it happens to be aligned)"
+            )
+        return None
+
+    def export_refusal(self, a: Any) -> Optional[str]:
+        if _is_tracer(a):
+            return (
+                "it is a JAX tracer (inside jax.jit, vmap, grad, ...): it has no values yet, only a type, "
+                "so only the jax engine can compute with it (use backend='jax' or 'auto')"
+            )
+        devices = a.sharding.device_set
+        if len(devices) != 1:
+            return f"it is sharded over {len(devices)} devices; only the jax engine computes on it as a whole"
+        if a.is_deleted():
+            return "it has been deleted (donated or freed)"
+        return None
+
+    # -- primitives ---------------------------------------------------------------------
+    def asarray(self, obj: Any) -> Any:
+        return obj if self.is_native(obj) else jnp.asarray(obj)
+
+    def permute(self, a: Any, axes: tuple[int, ...]) -> Any:
+        return jnp.transpose(a, axes)
+
+    def view(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return jnp.reshape(a, shape)
+
+    def take_first(self, a: Any, axes: tuple[int, ...]) -> Any:
+        return a[tuple(slice(0, 1) if i in axes else slice(None) for i in range(a.ndim))]
+
+    def vectors_last_copy(self, a: Any, axis: int, dtype: Any) -> Any:
+        return a.astype(dtype)
+
+    def c_order_copy(self, a: Any, dtype: Any) -> Any:
+        return a.astype(dtype)
+
+    def astype(self, a: Any, dtype: Any) -> Any:
+        cast = a.astype(dtype)
+        if self._wraps_foreign(a):  # the cast still reads the other library's memory
+            self._mark_foreign(cast)
+        return cast
+
+    def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
+        return jnp.empty(shape, dtype=dtype)
+
+    def gemm(self, x2: Any, a_t: Any, out: Any = None) -> Any:
+        if out is not None:
+            raise TypeError(_IMMUTABLE)
+        return jnp.matmul(x2, a_t, precision=_HIGHEST)
+
+    def stack(self, parts: list, shape: tuple[int, ...]) -> Any:
+        return jnp.stack(parts).reshape(shape)
+
+    def assign(self, dst: Any, src: Any) -> None:
+        raise TypeError(_IMMUTABLE)
+
+    def broadcast_copy(self, a: Any, shape: tuple[int, ...]) -> Any:
+        return jnp.broadcast_to(a, shape)
+
+    def transform_matvec(self, a: Any, x: Any, axis: int) -> Any:
+        """``y = moveaxis(dot_general(x, A), -1, axis)``: one dot on A as given."""
+        y = _matvec(a, x, axis)
+        if not _is_tracer(y) and any(self._wraps_foreign(arr) for arr in (a, x)):
+            # JAX dispatches asynchronously; another library owns this memory and may
+            # write to it as soon as matvec returns, so wait until the dot has read it.
+            y.block_until_ready()
+        return y
+
+    def _mark_foreign(self, a: Any) -> None:
+        if not _is_tracer(a):
+            self._foreign[id(a)] = weakref.ref(a, lambda _, key=id(a): self._foreign.pop(key, None))
+
+    def _wraps_foreign(self, a: Any) -> bool:
+        ref = self._foreign.get(id(a))
+        return ref is not None and ref() is a
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _matvec(a: Any, x: Any, axis: int) -> Any:
+    dtype = jnp.result_type(a, x)
+    a = a if a.dtype == dtype else jax.lax.convert_element_type(a, dtype)
+    x = x if x.dtype == dtype else jax.lax.convert_element_type(x, dtype)
+    y = jax.lax.dot_general(x, a, (((axis,), (1,)), ((), ())), precision=_HIGHEST, preferred_element_type=dtype)
+    return jnp.moveaxis(y, -1, axis)
+
+
+# -- imports from other libraries ------------------------------------------------------------
+def _refuse_or_note(reason: str, allow_copy: bool) -> None:
+    if not allow_copy:
+        raise CopyRequiredError(reason)
+
+
+def _checked_share(arr: Any, source_ptr: int, allow_copy: bool, what: str) -> tuple[Any, Optional[str]]:
+    """``arr`` (just imported) and None when it shares ``source_ptr``; else report the copy."""
+    if arr.unsafe_buffer_pointer() == source_ptr:
+        return arr, None
+    reason = f"{what}: JAX copied it on import"
+    _refuse_or_note(reason, allow_copy)
+    return arr, reason
+
+
+def _from_numpy(arr: np.ndarray, allow_copy: bool, any_order: bool = False) -> tuple[Any, Optional[str]]:
+    """A numpy array as a jax array on the CPU, sharing its memory where JAX allows it."""
+    dtype = _jax_dtype(arr.dtype.newbyteorder("=").name)
+    if arr.size == 0:
+        return jnp.zeros(arr.shape, dtype), None  # no memory to share
+    ptr = arr.__array_interface__["data"][0]
+    problem = None
+    if not arr.dtype.isnative:
+        problem = f"byte order {arr.dtype.str}"
+    elif layout := _layout_problem(arr.shape, arr.strides, dtype.itemsize, any_order):
+        problem = layout
+    elif ptr % IMPORT_ALIGNMENT:
+        problem = _misaligned(ptr)
+    if problem is None:
+        try:
+            if arr.flags.writeable:
+                imported = jax.dlpack.from_dlpack(arr, copy=False)
+            else:  # numpy exports read-only arrays only to DLPack >= 1.0 consumers
+                on_default = jax.default_backend() == "cpu"  # then stay uncommitted
+                imported = jax.device_put(arr, None if on_default else jax.local_devices(backend="cpu")[0])
+        except (BufferError, ValueError, RuntimeError, TypeError) as err:
+            problem = f"a failed DLPack import ({err})"
+        else:
+            return _checked_share(imported, ptr, allow_copy, "numpy array")
+    reason = f"numpy array with {problem} cannot be shared with jax, copied"
+    _refuse_or_note(reason, allow_copy)
+    return jax.dlpack.from_dlpack(_aligned_copy(arr), copy=False), reason
+
+
+def _from_torch(t: Any, allow_copy: bool, any_order: bool = False) -> tuple[Any, Optional[str]]:
+    """A torch tensor as a jax array sharing its memory where JAX allows it."""
+    import torch
+
+    dtype = _jax_dtype(str(t.dtype).removeprefix("torch."))
+    if t.numel() == 0:
+        return jnp.zeros(tuple(t.shape), dtype), None  # no memory to share
+    t = t.detach()  # the front end has refused tensors that need grad
+    itemsize = t.element_size()
+    problem = None
+    if t.is_conj() or t.is_neg():
+        problem = "a lazy conjugate/negative bit"
+    elif layout := _layout_problem(tuple(t.shape), tuple(s * itemsize for s in t.stride()), itemsize, any_order):
+        problem = layout
+    elif t.device.type == "cpu" and t.data_ptr() % IMPORT_ALIGNMENT:
+        problem = _misaligned(t.data_ptr())
+    if problem is None:
+        try:
+            imported = jax.dlpack.from_dlpack(t, copy=False)
+        except (BufferError, ValueError, RuntimeError, TypeError) as err:
+            raise TypeError(f"jax cannot import a torch tensor on {t.device}: {err}") from err
+        return _checked_share(imported, t.data_ptr(), allow_copy, "torch tensor")
+    reason = f"torch tensor with {problem} cannot be shared with jax, copied"
+    _refuse_or_note(reason, allow_copy)
+    copy = t.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)  # 64-byte aligned
+    try:
+        return jax.dlpack.from_dlpack(copy), reason
+    except (BufferError, ValueError, RuntimeError, TypeError) as err:
+        raise TypeError(f"jax cannot import a torch tensor on {t.device}: {err}") from err
+
+
+def _from_dlpack_object(obj: Any, allow_copy: bool, any_order: bool = False) -> tuple[Any, Optional[str]]:
+    """Another library's array: through numpy when it lives on the CPU (so that the checks
+    above apply), else straight through DLPack."""
+    try:
+        on_cpu = obj.__dlpack_device__()[0] == 1  # kDLCPU
+    except (AttributeError, TypeError) as err:
+        raise TypeError(f"jax cannot import {type(obj).__name__}: it has no usable __dlpack_device__") from err
+    try:
+        if on_cpu:
+            return _from_numpy(np.from_dlpack(obj), allow_copy, any_order)
+        return jax.dlpack.from_dlpack(obj, copy=None if allow_copy else False), None
+    except CopyRequiredError:
+        raise
+    except (BufferError, RuntimeError, ValueError) as err:
+        raise TypeError(f"jax cannot import {type(obj).__name__} through DLPack: {err}") from err
+
+
+ENGINE_CLASS = JaxEngine

@@ -1,0 +1,6 @@
+"""``python -m batchmv``: the command-line interface of :mod:`batchmv.cli`."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

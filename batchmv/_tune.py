@@ -1,0 +1,136 @@
+"""The ``"fastest"`` engine: among the engines that can take a call without a copy and keep
+its meaning, the one measured fastest for this kind of call.
+
+A kind of call is (result library, device, dtype, layout of A and x, shape bucket).  Each
+kind is measured once, in the process and thread-pool state it will run in, and the choice
+is cached in memory and, when ``BATCHMV_TUNE_CACHE`` names a file, on disk.  A cache file
+that is corrupt, of another format, or written on another machine or library set is
+ignored with a warning, never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+import warnings
+from typing import Any
+
+from . import _registry
+
+CACHE_ENV = "BATCHMV_TUNE_CACHE"
+_FORMAT = "batchmv-tune-1"
+_lock = threading.Lock()
+_choices: dict[str, dict[str, Any]] = {}
+_disk_loaded = False
+
+
+def _machine() -> dict[str, Any]:
+    from importlib import metadata
+
+    versions = {}
+    for name in _registry.available_backends():
+        try:
+            versions[name] = metadata.version(_registry.ENGINES[name].package)
+        except metadata.PackageNotFoundError:
+            versions[name] = "?"
+    return {"node": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(), "versions": versions}
+
+
+def kind_of(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> str:
+    """The cache key of a call: what decides which engine is fastest, not the values."""
+    a_strides, x_strides = home.strides(a), home.strides(x)
+    m, n = home.shape(a)
+    a_layout = "C" if a_strides[1] == 1 else "F" if a_strides[0] == 1 else "strided"
+    x_layout = "vectors-contiguous" if x_strides[axis] == 1 else "batch-contiguous"
+    batch = math.prod(s for i, s in enumerate(home.shape(x)) if i != axis)
+    bucket = tuple(max(0, math.ceil(math.log2(max(v, 1)))) for v in (m, n, batch))
+    return f"{home.name}|{home.device(x)}|{dtype}|A:{a_layout}|x:{x_layout}|m,n,b~2^{bucket}"
+
+
+def _load_disk() -> None:
+    global _disk_loaded
+    _disk_loaded = True
+    path = os.environ.get(CACHE_ENV)
+    if not path or not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise ValueError("not a batchmv tuning cache")
+        if data.get("machine") != _machine():
+            raise ValueError("written on another machine or with other library versions")
+        entries = data["choices"]
+        valid = set(_registry.available_backends())
+        if not isinstance(entries, dict) or not all(
+            isinstance(v, dict) and v.get("engine") in valid for v in entries.values()
+        ):
+            raise ValueError("entries name engines that are not available here")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        warnings.warn(f"ignoring the tuning cache {path} ({err}); it will be rewritten", RuntimeWarning, stacklevel=4)
+        return
+    _choices.update(entries)
+
+
+def _save_disk() -> None:
+    path = os.environ.get(CACHE_ENV)
+    if not path:
+        return
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"format": _FORMAT, "machine": _machine(), "choices": _choices}, fh, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _time(run: Any) -> float:
+    """Median seconds of ``run()`` after one warm-up call (at least 3 runs or 20 ms)."""
+    run()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < 3 or (len(times) < 15 and time.perf_counter() - started < 0.02):
+        t0 = time.perf_counter()
+        y = run()
+        if hasattr(y, "block_until_ready"):  # asynchronous dispatch (jax)
+            y.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
+    """(engine name, why) for a call whose inputs ``a``, ``x`` belong to ``home``."""
+    from . import _driver  # the driver imports this module
+    from ._errors import CopyRequiredError
+
+    key = kind_of(home, a, x, axis, dtype)
+    with _lock:
+        if not _disk_loaded:
+            _load_disk()
+        known = _choices.get(key)
+    if known is not None:
+        return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
+    times: dict[str, float] = {}
+    refused: dict[str, str] = {}
+    for name in _registry.available_backends():
+        try:
+            call = _driver.build(a, x, axis, None, name, False)
+        except (CopyRequiredError, TypeError, ValueError, ImportError) as err:
+            refused[name] = type(err).__name__
+            continue
+        times[name] = _time(lambda call=call: _driver.execute(call))
+    if not times:
+        return home.name, f"fastest: no engine takes this call without a copy ({refused}); using {home.name}"
+    best = min(times, key=times.__getitem__)
+    with _lock:
+        _choices[key] = {"engine": best, "times": times}
+        _save_disk()
+    skipped = f"; not eligible: {refused}" if refused else ""
+    return best, f"fastest: {best} (measured {_show(times)} for {key}{skipped})"
+
+
+def _show(times: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in sorted(times.items(), key=lambda kv: kv[1]))

@@ -1,0 +1,380 @@
+"""The ``batchmv`` command (also ``python -m batchmv``).
+
+``batchmv info`` reports the installation: versions, engines, devices, BLAS libraries and
+what ``BATCHMV_BACKEND`` selects.  ``batchmv demo`` runs the project's job on realistic data
+from every home library on every engine, for A in three memory layouts, checks every result
+against a float64 reference and that A was never copied, and compares the speed with the
+usual alternatives.
+
+Importing this module imports no array library; each subcommand imports what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="batchmv", description="Batched matrix-vector products with one shared matrix, as one GEMM."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    info = commands.add_parser("info", help="versions, engines, devices, BLAS, BATCHMV_BACKEND")
+    info.set_defaults(run=_info)
+    demo = commands.add_parser(
+        "demo", help="y = P @ x on a batch, every home library and engine, three layouts of P",
+        description="Exit status 0 when every result agrees with a float64 reference and A was never copied.",
+    )  # fmt: skip
+    demo.add_argument("--m", type=_positive, help="rows of A (default 1024; 256 with --quick)")
+    demo.add_argument("--n", type=_positive, help="columns of A (default 1024; 256 with --quick)")
+    demo.add_argument("--batch", type=_positive, help="number of vectors (default 4096; 512 with --quick)")
+    demo.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    demo.add_argument("--repeat", type=_positive, help="timed runs per measurement, after one warm-up (default 5; 3 with --quick)")
+    demo.add_argument("--threads", type=_positive, help="threads of every BLAS/OpenMP pool and of torch (default: theirs)")
+    demo.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    demo.set_defaults(run=_demo)
+    from . import _apply  # `batchmv apply`: its arguments and its run live in batchmv/_apply.py
+
+    _apply.add_parser(commands)
+    from . import _bench  # `batchmv bench`: its arguments and its run live in batchmv/_bench.py
+
+    _bench.add_parser(commands)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# -- info ------------------------------------------------------------------------------
+
+
+def _torch_devices(torch: Any) -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    return devices
+
+
+#: For each array library, the devices it can compute on (given the imported module).
+_DEVICES: dict[str, Callable[[Any], list[str]]] = {
+    "numpy": lambda np: ["cpu"],
+    "torch": _torch_devices,
+    "jax": lambda jax: [str(d) for d in jax.devices()],
+    "cupy": lambda cupy: [f"cuda:{i}" for i in range(cupy.cuda.runtime.getDeviceCount())],
+}
+
+
+@functools.cache
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def _distribution_version(package: str) -> str:
+    """Version of the distribution that provides the top-level module ``package`` (no import)."""
+    for dist in _distributions().get(package, [package]):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return "?"
+
+
+def _library_line(name: str, package: str, install: str, devices: Callable[[Any], list[str]] | None) -> str:
+    """One line on an array library: version, whether batchmv supports it, its devices
+    (importing the library only when it is installed and ``devices`` is given)."""
+    from . import _registry
+
+    support = "batchmv module: yes" if _registry.engine_module_exists(name) else "batchmv module: not yet"
+    if importlib.util.find_spec(package) is None:
+        return f"  {name:<6} not installed ({install}); {support}"
+    line = f"  {name:<6} {_distribution_version(package):<12} {support}"
+    if devices is None:
+        return line
+    try:
+        found = ", ".join(devices(importlib.import_module(package)))
+    except Exception as err:  # a broken installation must not stop the report
+        found = f"unavailable ({type(err).__name__}: {err})"
+    return f"{line}; devices: {found}"
+
+
+def _info(args: argparse.Namespace) -> int:
+    import batchmv
+
+    from . import _registry
+
+    print(f"batchmv   {batchmv.__version__}")
+    print(f"Python    {platform.python_version()} ({sys.executable})")
+    print(f"platform  {platform.platform()}")
+    print(f"CPUs      {os.cpu_count()}")
+    print("engines:")
+    for name, spec in _registry.ENGINES.items():
+        print(_library_line(name, spec.package, spec.install, _DEVICES.get(name, lambda module: ["?"])))
+    print("lazy collections (home libraries whose blocks go to the engines):")
+    for name, collection in _registry.COLLECTIONS.items():
+        print(_library_line(name, collection.package, collection.install, None))
+
+    from threadpoolctl import threadpool_info
+
+    print("thread pools (threadpoolctl, after importing the libraries above):")
+    for pool in threadpool_info():
+        print(
+            f"  {pool['user_api']:<6} {pool['internal_api']:<9} {pool.get('version') or '?':<14} "
+            f"threads={pool['num_threads']:<3} {os.path.basename(pool['filepath'])}"
+        )
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        mkl = "MKL, linked into torch (invisible to threadpoolctl)" if torch.backends.mkl.is_available() else "see above"
+        print(f"  torch  intra-op threads={torch.get_num_threads()}; BLAS: {mkl}")
+    print(_backend_env_report())
+    return 0
+
+
+def _backend_env_report() -> str:
+    """What the environment variable BATCHMV_BACKEND selects, or why it is invalid."""
+    from . import _registry, _select
+
+    raw = os.environ.get(_select.ENV_VAR)
+    if raw is None or raw.strip() == "":
+        return f"{_select.ENV_VAR}: not set -> auto (each call runs on the engine of its home library)"
+    try:
+        name = _select.normalize(raw, f"the environment variable {_select.ENV_VAR}={raw!r}")
+    except ValueError as err:
+        return f"{_select.ENV_VAR}={raw!r} -> invalid, every call without backend= will raise: {err}"
+    if name == "auto":
+        return f"{_select.ENV_VAR}={raw!r} -> auto (each call runs on the engine of its home library)"
+    try:
+        _registry.get_engine(name)
+    except ImportError as err:
+        return f"{_select.ENV_VAR}={raw!r} -> {name}, which cannot run here: {err}"
+    return f"{_select.ENV_VAR}={raw!r} -> {name} (every call without backend= runs on it)"
+
+
+# -- demo ------------------------------------------------------------------------------
+
+#: Libraries whose arrays can be strided views of the demo's buffers: the demo's homes and engines.
+_HOMES = ("numpy", "torch")
+#: Padding of the buffer that holds the transposed view, in elements on each side.
+_PAD = 16
+#: Vectors the baselines are timed on (their cost is linear in the batch).
+_BASELINE_ROWS = 512
+
+
+def _share(home: str, arr: Any) -> Any:
+    """The numpy array ``arr`` as an array of library ``home``, sharing its memory."""
+    if home == "numpy":
+        return arr
+    import torch
+
+    return torch.from_numpy(arr)
+
+
+def _time(fn: Callable[[], Any], repeat: int, warmup: bool = True) -> float:
+    """Median wall time of ``repeat`` calls of ``fn``, in seconds."""
+    if warmup:
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _layouts(P: Any) -> list[tuple[str, Any, Callable[[Any], Any], int]]:
+    """The layouts of P: (label, buffer, view of the buffer that is A, byte offset of A in it).
+
+    The view functions work on numpy arrays and torch tensors alike.
+    """
+    import numpy as np
+
+    m, _ = P.shape
+    W = np.zeros((P.shape[1], m + 2 * _PAD), P.dtype)
+    W[:, _PAD : _PAD + m] = P.T
+    return [
+        ("C", P, lambda buf: buf, 0),
+        ("F", np.asfortranarray(P), lambda buf: buf, 0),
+        ("T view", W, lambda buf: buf[:, _PAD : _PAD + m].T, _PAD * P.itemsize),
+    ]
+
+
+def _baselines(view: Callable[[Any], Any], buf: Any, X: Any, homes: list[str], scale: float) -> dict[str, float]:
+    """Times (s, scaled to the whole batch) of the usual alternatives on the first rows of X."""
+    import numpy as np
+
+    times = {}
+    for home in homes:
+        A, Xh = view(_share(home, buf)), _share(home, X)
+        y = _share(home, np.empty((len(X), A.shape[0]), X.dtype))
+
+        def loop() -> None:
+            for i in range(len(X)):
+                y[i] = A @ Xh[i]
+
+        times[f"loop {home}"] = _time(loop, 3) * scale
+    if "torch" in homes:
+        import torch
+
+        A, Xt = view(torch.from_numpy(buf)), torch.from_numpy(X)
+        times["bcast"] = _time(lambda: torch.matmul(A, Xt[..., None]), 1, warmup=False) * scale
+    if hasattr(np, "matvec"):  # numpy >= 2.2
+        A = view(buf)
+        times["np.matvec"] = _time(lambda: np.matvec(A, X), 3) * scale
+    return times
+
+
+class _Row(NamedTuple):
+    """One measured call: home library, engine, layout of A, and what was found."""
+
+    home: str
+    engine: str
+    layout: str
+    seconds: float
+    copies: int
+    in_a: bool  #: the plan's A.T view points into A
+    error: float  #: max relative error against the float64 reference
+    baselines: tuple[float | None, ...]  #: seconds of: Python loop, torch broadcast, numpy.matvec
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import numpy as np
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    m = args.m or (256 if args.quick else 1024)
+    n = args.n or (256 if args.quick else 1024)
+    batch = args.batch or (512 if args.quick else 4096)
+    repeat = args.repeat or (3 if args.quick else 5)
+    dtype = np.dtype(args.dtype)
+    homes = [name for name in _HOMES if importlib.util.find_spec(name) is not None]
+    for home in homes:  # import them now, so that threadpoolctl sees their thread pools
+        importlib.import_module(home)
+    torch = sys.modules.get("torch")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+
+    # A row-stochastic transition matrix P (skewed positive weights, rows sum to 1) and a
+    # batch of value vectors v: y = P @ v is the expected value one step ahead.
+    rng = np.random.default_rng(0)
+    P = rng.random((m, n)) ** 4
+    P = (P / P.sum(axis=1, keepdims=True)).astype(dtype)
+    X = rng.random((batch, n)).astype(dtype)
+    tol = n * np.finfo(dtype).eps  # rigorous bound for sums of n non-negative terms
+    print(
+        f"batchmv demo: y = P @ v for {batch} value vectors of length {n} ({dtype}), "
+        f"P a {m}x{n} row-stochastic transition matrix"
+    )
+    with threadpool_limits(limits=args.threads):
+        if args.threads and torch is not None:
+            torch.set_num_threads(args.threads)
+        pools = [f"{p['internal_api']} {p.get('version') or ''}".strip() + f": {p['num_threads']}" for p in threadpool_info()]
+        torch_pool = f"; torch intra-op: {torch.get_num_threads()}" if torch is not None else ""
+        print(f"threads ({'--threads' if args.threads else 'defaults'}): {', '.join(pools)}{torch_pool}")
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if load >= 0.5 and args.threads != 1:
+            print(
+                f"warning: the machine is busy (load average {load:.2f} on {os.cpu_count()} CPUs); "
+                "multi-threaded timings will be slow and erratic (try --threads 1)"
+            )
+        try:
+            rows, failures = _measure(P, X, homes, repeat, tol)
+        finally:
+            if torch is not None:
+                torch.set_num_threads(torch_threads)
+    _report(rows, m, n, batch, repeat, dtype, tol)
+    if failures:
+        print(f"\nFAIL: {len(failures)} of {len(rows)} results copied A or disagree:", *failures, sep="\n")
+        return 1
+    print(f"\nOK: all {len(rows)} results agree with the float64 reference; A was never copied.")
+    return 0
+
+
+def _measure(P: Any, X: Any, homes: list[str], repeat: int, tol: float) -> tuple[list[_Row], list[str]]:
+    """Run and time every home, engine and layout; the rows and the failures found."""
+    import numpy as np
+
+    import batchmv
+
+    engines = [name for name in _HOMES if name in batchmv.available_backends()]
+    ref = X.astype(np.float64) @ P.astype(np.float64).T
+    k = min(len(X), _BASELINE_ROWS)
+    rows, failures = [], []
+    for label, buf, view, offset in _layouts(P):
+        base = _baselines(view, buf, X[:k], homes, len(X) / k)
+        a_strides = tuple(s // P.itemsize for s in view(buf).strides)
+        for home in homes:
+            A, Xh = view(_share(home, buf)), _share(home, X)
+            for engine in engines:
+                plan = batchmv.plan(A, Xh, backend=engine)
+                a_t = plan.views[0]
+                # A.T must start where A starts in the engine's buffer: the demo's buffer for
+                # the home engine; across libraries A is shared from its first element.
+                in_a = (
+                    a_t.source == "A"
+                    and a_t.strides == a_strides[::-1]
+                    and a_t.offset == (offset if engine == home else 0)
+                )
+                seconds = _time(lambda: batchmv.matvec(A, Xh, backend=engine), repeat)
+                y = np.asarray(batchmv.matvec(A, Xh, backend=engine), dtype=np.float64)
+                err = float(np.max(np.abs(y - ref) / np.abs(ref)))
+                if err > tol or plan.copies or not in_a:
+                    failures.append(f"{home} -> {engine}, A {label}: max rel error {err:.1e} (tolerance {tol:.1e})\n{plan}")
+                baselines = (base[f"loop {home}"], base.get("bcast"), base.get("np.matvec"))
+                rows.append(_Row(home, engine, label, seconds, len(plan.copies), in_a, err, baselines))
+    return rows, failures
+
+
+def _report(rows: list[_Row], m: int, n: int, batch: int, repeat: int, dtype: Any, tol: float) -> None:
+    """Print the table, its footnotes and one summary line per baseline."""
+    import batchmv
+
+    print(
+        f"\n{'home':<6} {'engine':<6} {'A':<6} {'ms':>8} {'GFLOP/s':>8} {'copies':>6} {'A.T in A':>8} "
+        f"{'rel err':>8} {'x loop':>8} {'x bcast':>8} {'x np.mv':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r.home:<6} {r.engine:<6} {r.layout:<6} {r.seconds * 1e3:8.2f} {2 * m * n * batch / r.seconds / 1e9:8.1f} "
+            f"{r.copies:>6} {'yes' if r.in_a else 'NO':>8} {r.error:8.1e} "
+            + " ".join(f"{b / r.seconds:8.1f}" if b else f"{'n/a':>8}" for b in r.baselines)
+        )
+    k = min(batch, _BASELINE_ROWS)
+    scaled = f"timed on the first {k} vectors and scaled linearly to {batch}" if k < batch else "timed on the whole batch"
+    print(
+        f"\nms: median of {repeat} runs after a warm-up; GFLOP/s = 2*m*n*batch / time.\n"
+        f"A: C = C order (m, n); F = Fortran order; T view = W[:, {_PAD}:{_PAD}+m].T of a C-order buffer W\n"
+        f"   of shape (n, m+{2 * _PAD}) (strides (1, m+{2 * _PAD}), {_PAD * dtype.itemsize} bytes into W). "
+        "Home arrays share the demo's buffers.\n"
+        "copies: len(plan.copies); A.T in A: the plan's A.T view has A's strides transposed and starts\n"
+        "   where A starts in the engine's buffer.\n"
+        f"rel err: max |y - y64| / |y64| against a float64 reference (tolerance n*eps = {tol:.1e}).\n"
+        f"Speed-up over each baseline, all {scaled}:\n"
+        "   loop = Python loop `for i: y[i] = A @ x[i]` in the home library;\n"
+        "   bcast = torch.matmul(A, X[..., None]) (expands A into a batched matmul), timed once;\n"
+        "   np.mv = numpy.matvec(A, X)."
+    )
+    for column, name in enumerate(("the Python loop", "torch.matmul broadcast", "numpy.matvec")):
+        measured = [(r.baselines[column], r.seconds) for r in rows if r.baselines[column]]
+        if measured:
+            times = [b for b, _ in measured]
+            speedups = [b / s for b, s in measured]
+            print(
+                f"speed-up over {name} ({min(times):.3g} s to {max(times):.3g} s for the batch): "
+                f"{min(speedups):.1f}x to {max(speedups):.1f}x (median {statistics.median(speedups):.1f}x)"
+            )
+    others = [name for name in batchmv.available_backends() if name not in _HOMES]
+    if others:
+        print(f"not in this demo: {', '.join(others)} (its arrays cannot be strided views of shared buffers)")

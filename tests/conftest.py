@@ -1,0 +1,76 @@
+"""Test configuration: which array libraries are under test.
+
+Like SciPy's array-API tests, the libraries come from ``BATCHMV_TEST_BACKENDS``
+(comma-separated, e.g. ``numpy,torch``).  Unset or empty: every library batchmv knows
+(numpy, torch, jax, cupy); those that are not installed, or for which batchmv has no
+engine yet, are skipped with the reason.  A library that the variable names explicitly
+but that is not installed fails the run (a CI job that asked for torch must not pass by
+skipping every torch test).
+
+Fixtures:
+
+* ``xp_name`` — parametrised over the libraries under test (``"numpy"``, ``"torch"``, ...).
+* ``engine_name`` — the same list, for the engine that computes.
+* ``rng`` — a seeded numpy Generator.
+* ``fresh_selection`` — batchmv's engine selection reset: no context, env not read yet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import support
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    problems = support.usage_problems()
+    if problems:
+        raise pytest.UsageError("; ".join(problems))
+    if "jax" in support.testable():
+        # as in SciPy's array-API tests: jax computes in 64 bits like the other libraries
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    names, explicit = support.requested_libraries()
+    state = ", ".join(f"{n} ({support.skip_reason(n) or 'tested'})" for n in names)
+    return [f"batchmv array libraries ({'from ' + support.ENV_VAR if explicit else 'default'}): {state}"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    for name in ("xp_name", "engine_name"):
+        if name in metafunc.fixturenames and not _parametrized(metafunc, name):
+            metafunc.parametrize(name, support.lib_params())
+
+
+def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:
+    return any(name in mark.args[0] for mark in metafunc.definition.iter_markers("parametrize"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture
+def fresh_selection(monkeypatch: pytest.MonkeyPatch):
+    """batchmv's selection state as in a new process: BATCHMV_BACKEND unset and not yet read."""
+    import batchmv._select as select
+
+    monkeypatch.delenv(select.ENV_VAR, raising=False)
+    monkeypatch.setattr(select, "_env_value", select._UNREAD)
+    yield select
+
+
+@pytest.fixture(autouse=True)
+def _isolated_selection(monkeypatch: pytest.MonkeyPatch):
+    """Every test starts as a fresh process would: no BATCHMV_BACKEND from the shell that
+    runs the suite, and the variable not read yet (tests may set it with monkeypatch)."""
+    import batchmv._select as select
+
+    monkeypatch.delenv(select.ENV_VAR, raising=False)
+    monkeypatch.setattr(select, "_env_value", select._UNREAD)
+    yield

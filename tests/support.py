@@ -1,0 +1,445 @@
+"""Shared helpers for the batchmv test suite.
+
+* Which array libraries are under test (``BATCHMV_TEST_BACKENDS``), as pytest params that
+  skip, with a reason, libraries that are not installed or have no engine yet.
+* Converting numpy arrays into a home library with the *same strides* (and, where the
+  dtype allows, the same memory), so that layouts really reach batchmv.
+* A float64/complex128/int64 reference for ``A @ x`` along an axis, and a tolerance that
+  scales with the dtype's epsilon and the vector length.
+* A fork runner: one child process imports the libraries once and forks a grandchild per
+  case, so that a case that aborts the process (some DLPack imports do) fails only itself.
+
+Nothing here imports torch at module level: a run with ``BATCHMV_TEST_BACKENDS=numpy``
+must work where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pytest
+
+import batchmv
+
+#: Every array library batchmv knows about, in the order the test matrix uses.
+KNOWN_LIBRARIES = ("numpy", "torch", "jax", "cupy")
+ENV_VAR = "BATCHMV_TEST_BACKENDS"
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+
+
+# ---------------------------------------------------------------------------------------
+# which libraries are under test
+# ---------------------------------------------------------------------------------------
+def requested_libraries() -> tuple[tuple[str, ...], bool]:
+    """(names, explicit): the libraries named by BATCHMV_TEST_BACKENDS, or all known ones."""
+    raw = os.environ.get(ENV_VAR, "")
+    names = tuple(dict.fromkeys(part.strip().lower() for part in raw.split(",") if part.strip()))
+    if names:
+        return names, True
+    return KNOWN_LIBRARIES, False
+
+
+def installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def usage_problems() -> list[str]:
+    """Why the requested libraries cannot be tested (only for an explicit request)."""
+    names, explicit = requested_libraries()
+    if not explicit:
+        return []
+    problems = []
+    for name in names:
+        if name not in KNOWN_LIBRARIES:
+            problems.append(f"{ENV_VAR} names {name!r}, which is not one of {', '.join(KNOWN_LIBRARIES)}")
+        elif not installed(name):
+            problems.append(f"{ENV_VAR} names {name!r}, but {name} is not installed")
+    return problems
+
+
+def skip_reason(name: str) -> str | None:
+    """Why library ``name`` cannot be tested here, or None."""
+    if not installed(name):
+        return f"{name} is not installed"
+    if name not in batchmv.available_backends():
+        return f"batchmv has no {name} engine yet"
+    return None
+
+
+def libraries() -> tuple[str, ...]:
+    """The requested libraries (whether or not they can run here)."""
+    return requested_libraries()[0]
+
+
+def testable() -> tuple[str, ...]:
+    """Requested libraries that are installed and have an engine."""
+    return tuple(name for name in libraries() if skip_reason(name) is None)
+
+
+def lib_marks(*names: str) -> list:
+    marks = []
+    for name in names:
+        reason = skip_reason(name)
+        if reason:
+            marks.append(pytest.mark.skip(reason=reason))
+            break
+    return marks
+
+
+def lib_params() -> list:
+    """One pytest param per requested library, skipped with a reason where it cannot run."""
+    return [pytest.param(name, id=name, marks=lib_marks(name)) for name in libraries()]
+
+
+def pair_params() -> list:
+    """(home library, engine) params for every pair of requested libraries."""
+    return [
+        pytest.param(home, engine, id=f"{home}-on-{engine}", marks=lib_marks(home, engine))
+        for home in libraries()
+        for engine in libraries()
+    ]
+
+
+def need(*names: str) -> None:
+    """Skip the current test unless every library in ``names`` is under test and usable."""
+    for name in names:
+        if name not in libraries():
+            pytest.skip(f"{name} is not in {ENV_VAR}")
+        reason = skip_reason(name)
+        if reason:
+            pytest.skip(reason)
+
+
+def needs(*names: str) -> pytest.MarkDecorator:
+    """Marker form of :func:`need`, decided at import time."""
+    reasons = [f"{n} is not in {ENV_VAR}" for n in names if n not in libraries()]
+    reasons += [r for r in map(skip_reason, names) if r]
+    return pytest.mark.skipif(bool(reasons), reason="; ".join(reasons) or "ok")
+
+
+# ---------------------------------------------------------------------------------------
+# dtypes
+# ---------------------------------------------------------------------------------------
+FLOAT_EPS = {
+    "float16": 2.0**-10,
+    "bfloat16": 2.0**-7,
+    "float32": 2.0**-23,
+    "float64": 2.0**-52,
+    "complex64": 2.0**-23,
+    "complex128": 2.0**-52,
+}
+INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8")
+
+
+def lib_dtype(lib: str, name: str) -> Any:
+    if lib == "numpy":
+        return np.dtype(name)
+    if lib == "torch":
+        import torch
+
+        return getattr(torch, name)
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        return np.dtype(getattr(jnp, name))
+    raise NotImplementedError(lib)
+
+
+def dtype_name(dtype: Any) -> str:
+    """``float64`` for np.float64, np.dtype('float64') and torch.float64 alike."""
+    return str(dtype).removeprefix("torch.")
+
+
+def library_of_array(a: Any) -> str:
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    if "jax" in sys.modules and isinstance(a, sys.modules["jax"].Array):
+        return "jax"
+    return type(a).__module__.split(".")[0]
+
+
+def promoted(lib: str, a_dtype: str, x_dtype: str) -> str:
+    """The home library's own promotion of two dtype names."""
+    if lib == "numpy":
+        return str(np.result_type(np.dtype(a_dtype), np.dtype(x_dtype)))
+    if lib == "torch":
+        import torch
+
+        return dtype_name(torch.promote_types(lib_dtype("torch", a_dtype), lib_dtype("torch", x_dtype)))
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        return str(jnp.result_type(lib_dtype("jax", a_dtype), lib_dtype("jax", x_dtype)))
+    raise NotImplementedError(lib)
+
+
+# ---------------------------------------------------------------------------------------
+# values and conversion with the same strides
+# ---------------------------------------------------------------------------------------
+def random_values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """C-ordered numpy array of values exactly representable in ``dtype`` (float64 or
+    complex128 storage for floats so that bfloat16 needs no numpy dtype)."""
+    if dtype in INT_DTYPES or dtype.startswith("int") or dtype.startswith("uint"):
+        return rng.integers(-3 if not dtype.startswith("u") else 0, 4, size=shape).astype(dtype)
+    real = rng.standard_normal(shape)
+    if dtype.startswith("complex"):
+        real = real + 1j * rng.standard_normal(shape)
+    if dtype == "bfloat16":
+        import torch
+
+        # round through bfloat16 so the reference sees exactly the tensor's values
+        return torch.from_numpy(real).to(torch.bfloat16).to(torch.float64).numpy()
+    return real.astype(dtype)
+
+
+def root_of(view: np.ndarray) -> np.ndarray:
+    root = view
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    return root
+
+
+def element_geometry(view: np.ndarray, root: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """(shape, strides in elements, offset in elements) of ``view`` inside ``root``."""
+    size = view.itemsize
+    offset = view.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    assert offset % size == 0 and all(s % size == 0 for s in view.strides), "views must be element-aligned"
+    return view.shape, tuple(s // size for s in view.strides), offset // size
+
+
+def in_lib(root: np.ndarray, views: Iterable[np.ndarray], lib: str, dtype: str | None = None) -> list:
+    """``views`` (numpy views into the C-contiguous ``root``) as arrays of ``lib`` with the
+    same shapes and element strides, all views into one buffer of ``lib``.
+
+    When ``dtype`` is None or ``root``'s dtype, the buffer is ``root``'s own memory, so
+    the results share memory with the numpy views; otherwise ``root`` is converted once
+    and every view is rebuilt on the converted buffer.
+    """
+    assert root.flags.c_contiguous, "root must be a C-contiguous buffer"
+    views = list(views)
+    dtype = dtype or str(root.dtype)
+    geometry = [element_geometry(v, root) for v in views]
+    if lib == "numpy":
+        if np.dtype(dtype) == root.dtype:
+            return views
+        flat = root.reshape(-1).astype(dtype)
+        size = flat.itemsize
+        return [
+            np.lib.stride_tricks.as_strided(flat[offset:], shape=shape, strides=tuple(s * size for s in strides))
+            for shape, strides, offset in geometry
+        ]
+    if lib == "torch":
+        import torch
+
+        tdtype = lib_dtype("torch", dtype)
+        if any(s < 0 for _, strides, _ in geometry for s in strides):
+            raise ValueError("torch tensors cannot have negative strides")
+        base = torch.from_numpy(root.reshape(-1))
+        if base.dtype != tdtype:
+            base = base.to(tdtype)
+        return [torch.as_strided(base, shape, strides, offset) for shape, strides, offset in geometry]
+    if lib == "jax":
+        import jax.numpy as jnp
+
+        # jax arrays have no strides to choose: the values, densely laid out by jax
+        return [jnp.asarray(v.astype(lib_dtype("jax", dtype))) for v in views]
+    raise NotImplementedError(lib)
+
+
+def to_lib(view: np.ndarray, lib: str, dtype: str | None = None) -> Any:
+    """One numpy array in ``lib`` with the same strides (sharing memory when it can)."""
+    if lib == "numpy" and dtype in (None, str(view.dtype)):
+        return view
+    root = root_of(view)
+    if root.flags.c_contiguous:
+        return in_lib(root, [view], lib, dtype)[0]
+    copy = np.ascontiguousarray(view)
+    return in_lib(copy, [copy], lib, dtype)[0]
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Any test array as a numpy array widened to float64/complex128/int64 (a copy)."""
+    if isinstance(a, np.ndarray):
+        arr = a
+    elif library_of_array(a) == "torch":
+        import torch
+
+        t = a.detach().resolve_conj().resolve_neg()
+        if t.dtype in (torch.bfloat16, torch.float16):
+            t = t.to(torch.float64)
+        arr = t.cpu().numpy()
+    else:
+        arr = np.asarray(a)
+        if arr.dtype.name == "bfloat16":  # jax's ml_dtypes bfloat16
+            arr = arr.astype(np.float64)
+    if arr.dtype.kind == "c":
+        return arr.astype(np.complex128)
+    if arr.dtype.kind in "iub":
+        return arr.astype(np.int64)
+    return arr.astype(np.float64)
+
+
+def reference(A: Any, x: Any, axis: int) -> np.ndarray:
+    """``A @ x`` along ``axis``, in float64/complex128 (int64 for integers)."""
+    a64, x64 = to_numpy(A), to_numpy(x)
+    if a64.dtype.kind == "c" or x64.dtype.kind == "c":
+        a64, x64 = a64.astype(np.complex128), x64.astype(np.complex128)
+    elif a64.dtype.kind == "f" or x64.dtype.kind == "f":
+        a64, x64 = a64.astype(np.float64), x64.astype(np.float64)
+    moved = np.moveaxis(x64, axis, -1)
+    y = np.einsum("mn,...n->...m", a64, moved)
+    return np.moveaxis(y, -1, axis)
+
+
+def magnitude(A: Any, x: Any, axis: int) -> np.ndarray:
+    """sum_j |A_ij| |x_j|: the scale of each result element's rounding error."""
+    return reference(np.abs(to_numpy(A)), np.abs(to_numpy(x)), axis).real
+
+
+def assert_matvec_close(y: Any, ref: np.ndarray, scale: np.ndarray, n: int, dtype: str) -> None:
+    got = to_numpy(y)
+    assert got.shape == ref.shape
+    if dtype in FLOAT_EPS:
+        rtol = 10 * max(n, 1) * FLOAT_EPS[dtype]
+        err = np.abs(got - ref)
+        bound = rtol * scale + np.finfo(np.float64).tiny
+        bad = err > bound
+        assert not bad.any(), (
+            f"{int(bad.sum())} of {bad.size} elements off: max error {err.max()} "
+            f"vs bound {bound[bad].min()} (dtype {dtype}, n={n})"
+        )
+    else:
+        np.testing.assert_array_equal(got, ref)
+
+
+def same_memory(a: Any, b: Any) -> bool:
+    """Whether two arrays (numpy or torch) can touch a common byte."""
+    return overlaps(byte_range(a), byte_range(b))
+
+
+def byte_range(a: Any) -> tuple[int, int]:
+    if isinstance(a, np.ndarray):
+        ptr = a.__array_interface__["data"][0]
+        strides, size, shape = a.strides, a.itemsize, a.shape
+    else:
+        ptr, size, shape = a.data_ptr(), a.element_size(), tuple(a.shape)
+        strides = tuple(s * size for s in a.stride())
+    if any(s == 0 for s in shape):
+        return ptr, ptr
+    lo = ptr + sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
+    hi = ptr + sum((n - 1) * s for n, s in zip(shape, strides) if s > 0) + size
+    return lo, hi
+
+
+def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+# ---------------------------------------------------------------------------------------
+# child processes
+# ---------------------------------------------------------------------------------------
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("BATCHMV_BACKEND", None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, *, timeout: float = 180, env: dict[str, str] | None = None, cwd: Any = None) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (this one's executable)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env if env is not None else child_env(),
+        cwd=cwd,
+    )
+
+
+_FORK_SERVER = r"""
+import importlib, importlib.util, json, os, signal, sys, traceback, warnings
+warnings.simplefilter("ignore")
+module_path, names, preload, per_case = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+for name in preload:
+    importlib.import_module(name)
+spec = importlib.util.spec_from_file_location("_forked_cases", module_path)
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+report = {}
+for name in names:
+    sys.stdout.flush(); sys.stderr.flush()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        signal.alarm(per_case)
+        try:
+            value = getattr(module, name)()
+            payload = {"ok": True, "value": value}
+        except BaseException as err:
+            payload = {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        try:
+            data = json.dumps(payload, default=repr).encode()
+        except BaseException as err:
+            data = json.dumps({"ok": False, "error": f"unserialisable result: {err}"}).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(w, view):]
+        os.close(w)
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 1 << 16)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    data = b"".join(chunks)
+    report[name] = {"exitcode": code, "payload": json.loads(data) if data else None}
+print("@@REPORT@@" + json.dumps(report))
+"""
+
+
+def run_forked(module_file: str, names: list[str], preload: Iterable[str] = (), *, per_case: int = 120, timeout: float = 600) -> dict[str, dict]:
+    """Run the zero-argument functions ``names`` of ``module_file``, each in its own forked
+    grandchild of one fresh interpreter that has imported ``preload`` once.
+
+    Returns name -> {"exitcode": int (negative: killed by that signal), "payload": {"ok":
+    bool, "value" | "error", ...} or None when the grandchild died before reporting}.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_SERVER, module_file, json.dumps(names), json.dumps(list(preload)), str(per_case)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(),
+    )
+    marker = "@@REPORT@@"
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(marker)), None)
+    if line is None:
+        raise AssertionError(f"fork server failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return json.loads(line[len(marker):])
+
+
+def check_forked(entry: dict) -> Any:
+    """The value a forked case returned; fails the test if it crashed or raised."""
+    assert entry["exitcode"] == 0, f"the child process died (exit code {entry['exitcode']}): the call crashed the process"
+    payload = entry["payload"]
+    assert payload is not None, "the child process reported nothing"
+    assert payload["ok"], payload.get("traceback") or payload["error"]
+    return payload["value"]

@@ -1,0 +1,105 @@
+"""``batchmv bench``: a tiny grid end to end (JSON report and PNG plot), and the pieces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from batchmv import _bench
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_bench_quick_tiny_grid_writes_json_and_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    # a child process: the bench sets thread counts and jax's x64 flag for its run
+    cmd = [sys.executable, "-m", "batchmv", "bench", "--quick", "--m", "64", "--n", "64", "--batch", "16",
+           "--layout", "C", "T", "--threads", "1", "--min-time", "0.005", "--no-progress",
+           "--json", str(out), "--plot", str(png)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert {"machine", "config", "roofline", "approaches", "results", "overhead", "targets"} <= set(report)
+    machine = report["machine"]
+    for key in ("cpu_model", "cpu_count", "load_average_start", "load_average_end", "versions", "blas", "threads"):
+        assert key in machine
+    assert machine["threads"] == 1 and "numpy" in machine["versions"]
+    roof = report["roofline"]
+    assert roof["bandwidth_gbs"] > 0 and roof["peak_gflops"]["numpy"]["float32"] > 0
+    points = {(r["m"], r["n"], r["batch"], r["dtype"], r["layout"]) for r in report["results"]}
+    assert points == {(64, 64, 16, "float32", "C"), (64, 64, 16, "float32", "T")}
+    measured = {r["approach"]: r for r in report["results"] if r["layout"] == "C" and "median_s" in r}
+    for name in ("batchmv.matvec numpy", "batchmv.matvec torch", "numpy X @ A.T", "torch X @ A.T", "numpy loop A @ x[i]",
+                 "torch.matmul(A, X[..., None])", "torch.func.vmap(torch.mv)"):  # fmt: skip
+        row = measured[name]
+        assert row["median_s"] > 0 and row["gflops"] > 0 and 0 < row["pct_roofline"]
+        assert row["iqr_s"] >= 0 and row["max_rel_error"] <= row["tolerance"]
+    assert {t["id"] for t in report["targets"]} >= {"1", "2", "3", "4"}
+    assert all(t["status"] in ("PASS", "FAIL", "n/a") for t in report["targets"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Targets:" in done.stdout and "batchmv.matvec numpy" in done.stdout
+
+
+def test_bench_script_and_subcommand_share_the_parser():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "run.py"), "--help"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and "--max-call" in done.stdout and "--plot" in done.stdout
+
+
+def test_config_grids():
+    parse = _bench.build_parser().parse_args
+    quick = _bench.Config.from_args(parse(["--quick"]))
+    assert quick.dtypes == ["float32"] and (1024, 1024) in quick.shapes and 4096 in quick.batches and not quick.cross
+    full = _bench.Config.from_args(parse([]))
+    assert set(full.dtypes) == {"float32", "float64", "bfloat16"} and 100_000 in full.batches and full.cross
+    assert any(m != n for m, n in full.shapes)
+    custom = _bench.Config.from_args(parse(["--m", "8", "16", "--n", "4", "--batch", "3", "1"]))
+    assert custom.shapes == [(8, 4), (16, 4)] and custom.batches == [1, 3]
+    with pytest.raises(SystemExit):
+        parse(["--batch", "0"])
+
+
+def test_roofline_and_measure():
+    ai, attainable = _bench._roof(100.0, 10.0, 64, 64, 1, "float32")
+    assert ai == pytest.approx(2 * 64 * 64 / ((64 * 64 + 128) * 4)) and attainable == pytest.approx(ai * 10.0)
+    assert _bench._roof(100.0, 10.0, 1024, 1024, 4096, "float32")[1] == 100.0  # compute bound
+    t = _bench.measure(lambda: sum(range(100)), 0.01)
+    assert t.blocks >= 3 and t.best <= t.median and t.iqr >= 0
+
+
+def _row(approach, kind, home, seconds, **extra):
+    base = {"m": 1024, "n": 1024, "batch": 4096, "dtype": "float32", "layout": "C", "engine": home}
+    return {**base, "approach": approach, "kind": kind, "home": home, "median_s": seconds, "timed_rows": 4096, **extra}
+
+
+def test_targets_pass_and_fail():
+    report = {
+        "approaches": [{"kind": "batchmv"}],
+        "results": [
+            _row("batchmv.matvec torch", "batchmv", "torch", 0.050, pct_peak=90.0),
+            _row("torch X @ A.T", "native", "torch", 0.049),
+            _row("torch.matmul(A, X[..., None])", "peer", "torch", 3.0),
+            _row("torch loop A @ x[i]", "peer", "torch", 0.3),
+            _row("batchmv.matvec numpy", "batchmv", "numpy", 0.060, pct_peak=80.0),
+            _row("numpy X @ A.T", "native", "numpy", 0.050),
+            _row("numpy.matvec(A, X)", "peer", "numpy", 0.125),
+        ],
+        "overhead": [
+            {"home": "numpy", "x_shape": "(1, 16)", "call": "batchmv.matvec(A, x)", "median_s": 2.5e-6,
+             "best_native": "native x @ A.T", "overhead_s": 1.5e-6},
+        ],
+    }  # fmt: skip
+    status = {(t["id"], t["target"].split(">=")[-1].strip()): t["status"] for t in _bench.targets(report)}
+    by_id = {}
+    for (tid, _), s in status.items():
+        by_id.setdefault(tid, []).append(s)
+    assert by_id["1"] == ["FAIL"]  # numpy: 0.060 > 1.05 * 0.050
+    assert by_id["2"] == ["PASS"]
+    assert sorted(by_id["3"]) == ["FAIL", "PASS", "PASS", "n/a"]  # numpy.matvec 2.08x PASS, torch loop 6x FAIL, no numpy loop
+    assert by_id["4"] == ["FAIL"]  # numpy at 80 %
