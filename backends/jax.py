@@ -242,8 +242,8 @@ class JaxEngine:
     ) -> tuple[Any, Optional[str]]:
         """``obj`` as a jax array sharing its memory where JAX can use it as it is: 64-byte
         aligned, native byte order, C order (``any_order``: any dense layout)."""
-        if writable:
-            raise TypeError(_IMMUTABLE)
+        if writable:  # another library's out=: the driver computes, then copies into it
+            raise CopyRequiredError(_IMMUTABLE)
         if isinstance(obj, np.ndarray):
             arr, reason = _from_numpy(obj, allow_copy, any_order)
         elif type(obj).__module__.split(".")[0] == "torch":

@@ -17,6 +17,8 @@ _MATMUL_KINDS = frozenset("biufc")
 
 class NumpyEngine:
     name = "numpy"
+    transform_kernel = "matmul"
+    transform_note = "numpy has no transforms"
 
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, np.ndarray)
@@ -78,6 +80,15 @@ class NumpyEngine:
         if writable and not arr.flags.writeable:
             raise CopyRequiredError(f"numpy imports {type(obj).__name__} through DLPack read-only; it cannot be written")
         return arr, None
+
+    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[np.ndarray, Optional[str]]:
+        return self.adopt(obj, allow_copy=allow_copy, writable=writable)
+
+    def result_copy(self, engine_name: str) -> Optional[str]:
+        return None
+
+    def astype(self, a: np.ndarray, dtype: Any) -> np.ndarray:
+        return a.astype(dtype)
 
     def export_refusal(self, a: np.ndarray) -> Optional[str]:
         return None

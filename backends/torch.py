@@ -39,6 +39,8 @@ def _copy_or_refuse(what: str, allow_copy: bool) -> None:
 
 class TorchEngine:
     name = "torch"
+    transform_kernel = "matmul under a torch.func transform"
+    transform_note = "inputs are being transformed by torch.func (vmap/grad): torch.matmul on the moved vector axis runs under the transform"
 
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, torch.Tensor)
@@ -110,6 +112,15 @@ class TorchEngine:
         # (AssertionError: a CUDA producer on a CPU-only torch; AttributeError: no __dlpack_device__)
         except (AssertionError, AttributeError, BufferError, RuntimeError, TypeError, ValueError) as err:
             raise TypeError(f"torch cannot import {type(obj).__name__} through DLPack: {err}") from err
+
+    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[torch.Tensor, Optional[str]]:
+        return self.adopt(obj, allow_copy=allow_copy, writable=writable)
+
+    def result_copy(self, engine_name: str) -> Optional[str]:
+        return None
+
+    def astype(self, a: torch.Tensor, dtype: Any) -> torch.Tensor:
+        return a.to(dtype)
 
     def export_refusal(self, a: torch.Tensor) -> Optional[str]:
         if torch.compiler.is_compiling():

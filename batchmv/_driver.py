@@ -155,8 +155,7 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     else:
         a_e = share(engine, a_h, home, "A", allow_copy, copies)
         x_e = share(engine, x_h, home, "x", allow_copy, copies)
-        result_copy = getattr(home, "result_copy", None)  # the home cannot always wrap the result
-        reason = result_copy(engine.name) if result_copy and out is None else None
+        reason = home.result_copy(engine.name) if out is None else None  # the home cannot always wrap it
         copies.extend([f"y: {reason}"] if reason else [])
         out_e = None
         if out is not None:
@@ -174,21 +173,17 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     if out is not None and tracks:
         raise ValueError("out= cannot be used when A or x requires grad: the result must stay in the autograd graph")
     if engine.in_transform(a_e, x_e):
-        if out is not None:
+        if out is not None and engine is home:
             raise ValueError("out= cannot be used inside a transform (vmap/grad)")
-        notes.append(
-            getattr(engine, "transform_note", None)
-            or f"inputs are being transformed: the {engine.name} library's matmul runs under the transform"
-        )
-        if hasattr(engine, "astype"):  # operands are cast to the result dtype (home promotion)
-            casts = [
-                f"{label}: cast from {engine.dtype_name(arr)} to the result dtype {dtype}"
-                for label, arr in (("A", a_e), ("x", x_e))
-                if engine.dtype_of(arr) != dtype
-            ]
-            if casts and not allow_copy:
-                raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(casts))
-            copies.extend(casts)
+        notes.append(engine.transform_note)
+        casts = [  # operands are cast to the result dtype (the home library's promotion)
+            f"{label}: cast from {engine.dtype_name(arr)} to the result dtype {dtype}"
+            for label, arr in (("A", a_e), ("x", x_e))
+            if engine.dtype_of(arr) != dtype
+        ]
+        if casts and not allow_copy:
+            raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(casts))
+        copies.extend(casts)
         return Call(home, engine, a_e, x_e, out, None, ax, dtype, y_shape, None, tracks, tuple(copies), tuple(notes))
 
     a_cast = _cast_reason(engine, a_e, "A", dtype)
@@ -266,10 +261,16 @@ def execute(call: Call) -> Any:
     eng, sched = call.engine, call.schedule
     if sched is None:
         a, x = call.a, call.x
-        if hasattr(eng, "astype"):
-            a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
+        a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
         y = eng.transform_matvec(a, x, call.axis)
-        return y if eng is call.home else call.home.adopt(y, allow_copy=False, writable=False)[0]
+        if eng is call.home:
+            return y
+        planned = any(c.startswith("y: ") for c in call.copies)
+        y_home = call.home.adopt_result(y, allow_copy=planned, writable=False)[0]
+        if call.out is None:
+            return y_home
+        call.home.assign(call.out, y_home)  # planned: "out: ... copied into out"
+        return call.out
     a, x = call.a, call.x
     if sched.a_copy:
         a = eng.c_order_copy(a, call.dtype)
@@ -305,8 +306,7 @@ def execute(call: Call) -> Any:
         y_home = y
     else:
         planned = any(c.startswith("y: ") for c in call.copies)
-        adopt = getattr(call.home, "adopt_result", call.home.adopt)  # a result is wrapped as it is laid out
-        y_home, _ = adopt(y, allow_copy=planned, writable=False)
+        y_home, _ = call.home.adopt_result(y, allow_copy=planned, writable=False)
     if call.out is not None:
         call.home.assign(call.out, y_home)
         return call.out
@@ -327,7 +327,7 @@ def make_plan(call: Call) -> Plan:
     itemsize = max(eng.itemsize(call.a), eng.itemsize(call.x))
     if sched is None:
         return Plan(
-            backend=eng.name, kernel=getattr(eng, "transform_kernel", "matmul under transform"), copies=call.copies, flops=flops,
+            backend=eng.name, kernel=eng.transform_kernel, copies=call.copies, flops=flops,
             bytes=itemsize * (m * n + batch * (n + m)), home=call.home.name, dtype=str(call.dtype),
             notes=call.notes,
         )  # fmt: skip

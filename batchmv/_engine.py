@@ -14,6 +14,8 @@ from typing import Any, Optional, Protocol
 
 class Engine(Protocol):
     name: str  #: the engine's name in the registry
+    transform_kernel: str  #: the kernel ``plan`` reports for calls under a transform
+    transform_note: str  #: the note ``plan`` adds to calls under a transform
 
     # -- questions about native arrays ------------------------------------------------
     def is_native(self, obj: Any) -> bool: ...
@@ -45,6 +47,10 @@ class Engine(Protocol):
         copy and the reason.  Raises CopyRequiredError when a copy is needed but not
         allowed; TypeError or ValueError when the call's meaning would be lost.
         """
+    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[Any, Optional[str]]:
+        """Another engine's result as a native array (like ``adopt``; any layout is fine)."""
+    def result_copy(self, engine_name: str) -> Optional[str]:
+        """Why a result computed by engine ``engine_name`` must be copied to become native."""
     def export_refusal(self, a: Any) -> Optional[str]:
         """Why this native array may not be computed by another engine (gradients, tracers)."""
 
@@ -53,6 +59,8 @@ class Engine(Protocol):
     def permute(self, a: Any, axes: tuple[int, ...]) -> Any: ...
     def view(self, a: Any, shape: tuple[int, ...]) -> Any: ...
     def take_first(self, a: Any, axes: tuple[int, ...]) -> Any: ...
+    def astype(self, a: Any, dtype: Any) -> Any:
+        """``a`` converted to ``dtype`` (used under transforms, where nothing is a view)."""
     def vectors_last_copy(self, a: Any, axis: int, dtype: Any) -> Any:
         """A copy of ``a`` as ``dtype`` whose ``axis`` is contiguous (batch axes in C order)."""
     def c_order_copy(self, a: Any, dtype: Any) -> Any:

@@ -270,8 +270,16 @@ def test_out_is_refused(mats):
         batchmv.matvec(A, x, out=jnp.zeros((7, 3), F32))
     with pytest.raises(TypeError, match="immutable"):
         batchmv.plan(A, x, out=jnp.zeros((7, 3), F32))
-    with pytest.raises(TypeError, match="immutable"):  # numpy's out, computed by jax
-        batchmv.matvec(a.astype(np.float32), xv.astype(np.float32), out=np.zeros((7, 3), np.float32), backend="jax")
+    # numpy's out, computed by jax: jax cannot write into it, so the result is copied into
+    # it (reported by plan), and copy=False refuses before computing
+    a32, x32 = a.astype(np.float32), xv.astype(np.float32)
+    out = np.zeros((7, 3), np.float32)
+    copies = batchmv.plan(a32, x32, out=out, backend="jax").copies
+    assert any(c.startswith("out: ") and "immutable" in c for c in copies)
+    assert batchmv.matvec(a32, x32, out=out, backend="jax") is out
+    np.testing.assert_allclose(out, x32.astype(np.float64) @ a32.T.astype(np.float64), rtol=1e-5)
+    with pytest.raises(batchmv.CopyRequiredError):
+        batchmv.matvec(a32, x32, out=np.zeros((7, 3), np.float32), backend="jax", copy=False)
 
 
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
