@@ -204,18 +204,29 @@ def test_sigkill_at_random_points_then_resume_is_byte_identical(small):
     rnd = random.Random(seed)
     journal = out.with_name("Y.npy.journal")
     progress = []  # blocks done after each kill that landed mid-run
+
+    def blocks_done() -> int:
+        if not journal.exists():
+            return 0
+        return max(0, len(journal.read_bytes().split(b"\n")) - 2)  # (a torn last line is no block)
+
     for attempt in range(8):
         proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rnd.uniform(0.0, startup + 0.4))  # anywhere: during start-up, set-up, a block, a journal line
+        if attempt % 2 == 0:  # anywhere: during start-up, set-up, a block, a journal line
+            time.sleep(rnd.uniform(0.0, startup + 0.4))
+        else:  # mid-run, however slow the machine is: after a few more finished blocks
+            target = blocks_done() + rnd.randint(1, 20)
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and blocks_done() < target and time.monotonic() < deadline:
+                time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
         if proc.returncode != -signal.SIGKILL:
             break  # it finished before the kill
         assert out.read_bytes() == b"the previous result", f"seed {seed}"  # OUT untouched
-        if journal.exists():
-            done = max(0, len(journal.read_bytes().split(b"\n")) - 2)  # (a torn last line is no block)
-            if 0 < done < 160:
-                progress.append(done)
+        done = blocks_done()
+        if 0 < done < 160:
+            progress.append(done)
     assert len(progress) >= 2, f"seed {seed}: kills mid-run after {progress} blocks"
     assert progress == sorted(progress), f"seed {seed}"  # --resume never loses finished blocks
     r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=60)
