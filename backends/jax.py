@@ -31,9 +31,9 @@ engine takes only C-ordered operands as shared.  Otherwise the data is copied
 (``copy=None``, reported by ``plan``) or :class:`batchmv.CopyRequiredError` is raised
 (``copy=False``); these conditions are checked before an import is attempted (some
 imports of unusual layouts would fail or copy silently).  In the other direction, numpy
-and torch read jax arrays in place (DLPack); a result computed by torch is wrapped as it
-is, one computed by numpy is copied (numpy's allocations are not 64-byte aligned), and
-``plan`` says so.  A tracer cannot be computed by another engine (TypeError).  ``out=`` is
+and torch read jax arrays in place (DLPack); a result computed by numpy or torch is
+wrapped as it is (the numpy engine allocates its results 64-byte aligned for this).  A
+tracer cannot be computed by another engine (TypeError).  ``out=`` is
 refused with TypeError: jax arrays are immutable.
 
 Because JAX dispatches asynchronously, a call that reads another library's memory in
@@ -262,13 +262,8 @@ class JaxEngine:
         return arr, reason
 
     def result_copy(self, engine_name: str) -> Optional[str]:
-        """Why the result of engine ``engine_name`` must be copied to become a jax array."""
-        if engine_name == "numpy":
-            # numpy allocates with malloc (16-byte alignment); torch's CPU allocator aligns to 64
-            return (
-                "numpy allocates its result without 64-byte alignment, which JAX's CPU client needs "
-                "to wrap memory; copied into a jax array (wrapped instead when it happens to be aligned)"
-            )
+        """None: the numpy engine allocates its results 64-byte aligned and torch's CPU
+        allocator aligns to 64 bytes, so JAX wraps every result without a copy."""
         return None
 
     def export_refusal(self, a: Any) -> Optional[str]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import math
+
 import numpy as np
 
+from .._driver import dlpack_device
 from .._errors import CopyRequiredError
 
 # numpy calls BLAS for these types only; others (ints, float16, bool) use its own loop,
@@ -13,6 +16,23 @@ from .._errors import CopyRequiredError
 _BLAS_TYPES = frozenset("fdFD")
 # dtypes numpy.matmul computes
 _MATMUL_KINDS = frozenset("biufc")
+#: Results are allocated at this alignment, so that libraries that wrap only aligned
+#: memory (JAX's CPU client needs 64 bytes) can share them without a copy.
+RESULT_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialised C-ordered array whose data is ``RESULT_ALIGNMENT``-byte aligned.
+
+    >>> aligned_empty((3, 5), np.float32).ctypes.data % RESULT_ALIGNMENT
+    0
+    """
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.empty(size + RESULT_ALIGNMENT, np.uint8)
+    skip = -raw.ctypes.data % RESULT_ALIGNMENT
+    # through a memoryview, so that the array's buffer starts at the aligned address
+    return np.frombuffer(memoryview(raw)[skip : skip + size], dtype=dtype).reshape(shape)
 
 
 class NumpyEngine:
@@ -76,6 +96,9 @@ class NumpyEngine:
         kind = type(obj).__module__.split(".")[0]
         if kind == "torch":
             return as_numpy_view(obj, allow_copy=allow_copy, writable=writable)
+        where = dlpack_device(obj)
+        if where not in (None, "cpu"):  # GPU memory, which numpy cannot read
+            raise TypeError(f"numpy cannot use a {kind} array on {where}; nothing is moved between devices")
         arr = np.from_dlpack(obj)
         if writable and not arr.flags.writeable:
             raise CopyRequiredError(f"numpy imports {type(obj).__name__} through DLPack read-only; it cannot be written")
@@ -120,9 +143,11 @@ class NumpyEngine:
         return a.astype(dtype, order="C", copy=True)
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype, like: np.ndarray) -> np.ndarray:
-        return np.empty(shape, dtype=dtype)
+        return aligned_empty(shape, dtype)
 
     def gemm(self, x2: np.ndarray, a_t: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = aligned_empty((x2.shape[0], a_t.shape[1]), np.result_type(x2, a_t))
         return np.matmul(x2, a_t, out=out)
 
     def stack(self, parts: list, shape: tuple[int, ...]) -> np.ndarray:
@@ -132,7 +157,9 @@ class NumpyEngine:
         np.copyto(dst, src, casting="no")
 
     def broadcast_copy(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        return np.broadcast_to(a, shape).copy()
+        out = aligned_empty(shape, a.dtype)
+        np.copyto(out, np.broadcast_to(a, shape))
+        return out
 
     def transform_matvec(self, a: np.ndarray, x: np.ndarray, axis: int) -> np.ndarray:
         raise AssertionError("numpy has no transforms")  # in_transform is always False

@@ -1,5 +1,14 @@
 """The torch engine: ``torch.mm`` on BLAS-readable 2-D views (one GEMM, autograd intact).
 
+CUDA tensors are computed where they are, on torch's current stream
+(``torch.cuda.current_stream()``), like any torch operation; A, x and out must be on one
+device (TypeError otherwise; nothing is moved).  float32 products use TF32 exactly when
+the caller enabled it in torch (``torch.backends.cuda.matmul.allow_tf32``,
+``torch.set_float32_matmul_precision``): batchmv never changes those settings.  torch.mm
+has no integer kernel on CUDA, so integer CUDA tensors are refused with TypeError.  Other
+libraries' CUDA arrays are imported with ``torch.from_dlpack``, which passes torch's
+current stream to the producer's ``__dlpack__(stream=...)``.
+
 Under ``torch.func`` transforms (vmap, grad) strides are not observable, so the call is
 expressed with ``torch.matmul`` on the moved vector axis and the transform's batching
 rules take over.  Under ``torch.compile`` the front end's Python runs at trace time: the
@@ -75,7 +84,10 @@ class TorchEngine:
         return a.dtype
 
     def result_dtype(self, a: torch.Tensor, x: torch.Tensor) -> torch.dtype:
-        return torch.promote_types(a.dtype, x.dtype)
+        dtype = torch.promote_types(a.dtype, x.dtype)
+        if a.device.type == "cuda":
+            _check_cuda_dtype(dtype)
+        return dtype
 
     def check_dtype(self, dtype: torch.dtype) -> None:
         if dtype not in _MM_DTYPES:
@@ -164,6 +176,8 @@ class TorchEngine:
         return torch.empty(shape, dtype=dtype, device=like.device)
 
     def gemm(self, x2: torch.Tensor, a_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if x2.device.type == "cuda":  # (another library's CUDA arrays, computed by torch)
+            _check_cuda_dtype(x2.dtype)
         if out is None:
             return torch.mm(x2, a_t)
         return torch.mm(x2, a_t, out=out)
@@ -179,6 +193,15 @@ class TorchEngine:
 
     def transform_matvec(self, a: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
         return torch.matmul(x.movedim(axis, -1), a.mT).movedim(-1, axis)
+
+
+def _check_cuda_dtype(dtype: torch.dtype) -> None:
+    """TypeError for dtypes torch.mm computes on the CPU only (integers, bool)."""
+    if not (dtype.is_floating_point or dtype.is_complex):
+        raise TypeError(
+            f"the torch engine cannot multiply {dtype} tensors on CUDA: torch.mm has no integer "
+            "kernel on CUDA (only on the CPU); the cupy engine multiplies integers on the GPU"
+        )
 
 
 def _from_numpy(arr: np.ndarray, *, allow_copy: bool, writable: bool) -> tuple[torch.Tensor, Optional[str]]:

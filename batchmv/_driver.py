@@ -115,6 +115,9 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     allow_copy = check_copy(copy)
     copies: list[str] = []
     home_name, engine_name = _select.route(type(a), type(x), backend)
+    lib_a = _registry.library_of(a)
+    if lib_a is None or lib_a != _registry.library_of(x):  # compare devices before any import
+        _check_devices(a, x)
     home = _registry.get_engine(home_name)
     x_h = to_home(x, "x", home, allow_copy, copies)
     a_h = to_home(a, "A", home, allow_copy, copies)
@@ -210,6 +213,36 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     if not allow_copy and copies:
         raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(copies))
     return Call(home, engine, a_e, x_e, out, out_e, ax, dtype, y_shape, sched, tracks, tuple(copies), tuple(notes))
+
+
+_DLPACK_CPU = (1, 3)  # kDLCPU, kDLCUDAHost (pinned host memory)
+_DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def dlpack_device(obj: Any) -> str | None:
+    """Where an array of any library lives, from ``__dlpack_device__`` ("cpu", "cuda:0",
+    ...); None for objects that do not say (sequences, scalars, tracers)."""
+    if isinstance(obj, _SEQUENCES) or not hasattr(type(obj), "__dlpack_device__"):
+        return None
+    try:
+        kind, index = obj.__dlpack_device__()
+        kind, index = int(kind), int(index)
+    except Exception:  # noqa: BLE001 - a tracer or a broken producer: the import will say
+        return None
+    if kind in _DLPACK_CPU:
+        return "cpu"
+    return f"cuda:{index}" if kind in _DLPACK_CUDA else f"DLPack device {kind}:{index}"
+
+
+def _check_devices(a: Any, x: Any) -> None:
+    """A and x from two libraries on two devices: TypeError naming both, before either is
+    imported into the other's library (an import could fail obscurely, or copy)."""
+    dev_a, dev_x = dlpack_device(a), dlpack_device(x)
+    if dev_a is not None and dev_x is not None and dev_a != dev_x:
+        lib_a, lib_x = (_registry.library_of(v) or type(v).__name__ for v in (a, x))
+        raise TypeError(
+            f"A ({lib_a}) is on {dev_a} and x ({lib_x}) on {dev_x}; batchmv never moves data between devices"
+        )
 
 
 def _check_out(home: Any, out: Any, y_shape: tuple[int, ...], dtype: Any, device: str) -> None:

@@ -50,7 +50,7 @@ class Plan:
             f"  kernel: {self.kernel} ({self.gemm_calls} call{'s' if self.gemm_calls != 1 else ''}"
             + (f" in {self.blocks} blocks" if self.blocks != 1 else "") + "), "
             f"{self.flops:,} flops, {self.bytes:,} bytes minimum traffic",
-            "  views (Y2 = X2 @ A.T):",
+            *(["  views (Y2 = X2 @ A.T):"] if self.views else []),
             *("  " + v.describe() for v in self.views),
             "  copies: " + ("none" if not self.copies else ""),
             *(f"    - {c}" for c in self.copies),

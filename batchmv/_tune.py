@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 import warnings
@@ -89,16 +90,24 @@ def _save_disk() -> None:
 
 def _time(run: Any) -> float:
     """Median seconds of ``run()`` after one warm-up call (at least 3 runs or 20 ms)."""
-    run()
+    _wait(run())
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < 3 or (len(times) < 15 and time.perf_counter() - started < 0.02):
         t0 = time.perf_counter()
-        y = run()
-        if hasattr(y, "block_until_ready"):  # asynchronous dispatch (jax)
-            y.block_until_ready()
+        _wait(run())
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _wait(y: Any) -> None:
+    """Wait until ``y`` is computed (jax dispatches asynchronously; GPUs run on streams)."""
+    if hasattr(y, "block_until_ready"):
+        y.block_until_ready()
+    elif getattr(y, "is_cuda", False) is True:  # a torch CUDA tensor
+        sys.modules["torch"].cuda.synchronize(y.device)
+    elif type(y).__module__.split(".")[0] == "cupy":
+        y.device.synchronize()
 
 
 def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:

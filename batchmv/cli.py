@@ -76,8 +76,28 @@ _DEVICES: dict[str, Callable[[Any], list[str]]] = {
     "numpy": lambda np: ["cpu"],
     "torch": _torch_devices,
     "jax": lambda jax: [str(d) for d in jax.devices()],
-    "cupy": lambda cupy: [f"cuda:{i}" for i in range(cupy.cuda.runtime.getDeviceCount())],
+    "cupy": lambda cupy: _cupy_devices(cupy),
 }
+
+
+def _cupy_devices(cupy: Any) -> list[str]:
+    """cupy's CUDA devices with their names; a line saying why there are none (no driver,
+    no GPU) instead of an error: cupy installs fine on machines without a GPU."""
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDARuntimeError without a driver; never stop the report
+        return [f"no usable CUDA device ({type(err).__name__}: {err})"]
+    if count == 0:
+        return ["no CUDA device"]
+    devices = []
+    for i in range(count):
+        try:
+            name = cupy.cuda.runtime.getDeviceProperties(i)["name"]
+            name = name.decode() if isinstance(name, bytes) else str(name)
+        except Exception:  # noqa: BLE001 - the device is listed even when its name is not
+            name = "?"
+        devices.append(f"cuda:{i} ({name})")
+    return devices
 
 
 @functools.cache
@@ -168,7 +188,9 @@ def _backend_env_report() -> str:
 # -- demo ------------------------------------------------------------------------------
 
 #: Libraries whose arrays can be strided views of the demo's buffers: the demo's homes and engines.
-_HOMES = ("numpy", "torch")
+_HOMES = ("numpy", "torch", "jax")
+#: Libraries whose arrays are dense and row-major only: they take part with A in C order.
+_DENSE_ONLY = ("jax",)
 #: Padding of the buffer that holds the transposed view, in elements on each side.
 _PAD = 16
 #: Vectors the baselines are timed on (their cost is linear in the batch).
@@ -179,9 +201,18 @@ def _share(home: str, arr: Any) -> Any:
     """The numpy array ``arr`` as an array of library ``home``, sharing its memory."""
     if home == "numpy":
         return arr
+    if home == "jax":
+        import jax
+
+        return jax.dlpack.from_dlpack(arr)  # zero-copy where JAX can wrap it (64-byte aligned)
     import torch
 
     return torch.from_numpy(arr)
+
+
+def _ready(y: Any) -> Any:
+    """``y`` once computed (jax dispatches asynchronously)."""
+    return y.block_until_ready() if hasattr(y, "block_until_ready") else y
 
 
 def _time(fn: Callable[[], Any], repeat: int, warmup: bool = True) -> float:
@@ -204,11 +235,16 @@ def _layouts(P: Any) -> list[tuple[str, Any, Callable[[Any], Any], int]]:
     import numpy as np
 
     m, _ = P.shape
-    W = np.zeros((P.shape[1], m + 2 * _PAD), P.dtype)
+    from .backends.numpy import aligned_empty
+
+    W = aligned_empty((P.shape[1], m + 2 * _PAD), P.dtype)
+    W[...] = 0
+    F = aligned_empty(P.shape[::-1], P.dtype).T
+    F[...] = P
     W[:, _PAD : _PAD + m] = P.T
     return [
         ("C", P, lambda buf: buf, 0),
-        ("F", np.asfortranarray(P), lambda buf: buf, 0),
+        ("F", F, lambda buf: buf, 0),
         ("T view", W, lambda buf: buf[:, _PAD : _PAD + m].T, _PAD * P.itemsize),
     ]
 
@@ -218,7 +254,7 @@ def _baselines(view: Callable[[Any], Any], buf: Any, X: Any, homes: list[str], s
     import numpy as np
 
     times = {}
-    for home in homes:
+    for home in (h for h in homes if h not in _DENSE_ONLY):  # (a loop cannot write jax arrays)
         A, Xh = view(_share(home, buf)), _share(home, X)
         y = _share(home, np.empty((len(X), A.shape[0]), X.dtype))
 
@@ -268,10 +304,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     # A row-stochastic transition matrix P (skewed positive weights, rows sum to 1) and a
     # batch of value vectors v: y = P @ v is the expected value one step ahead.
+    from .backends.numpy import aligned_empty  # 64-byte aligned, as JAX needs to share memory
+
     rng = np.random.default_rng(0)
-    P = rng.random((m, n)) ** 4
-    P = (P / P.sum(axis=1, keepdims=True)).astype(dtype)
-    X = rng.random((batch, n)).astype(dtype)
+    P, X = aligned_empty((m, n), dtype), aligned_empty((batch, n), dtype)
+    weights = rng.random((m, n)) ** 4
+    P[...] = weights / weights.sum(axis=1, keepdims=True)
+    X[...] = rng.random((batch, n))
     tol = n * np.finfo(dtype).eps  # rigorous bound for sums of n non-negative terms
     print(
         f"batchmv demo: y = P @ v for {batch} value vectors of length {n} ({dtype}), "
@@ -316,23 +355,30 @@ def _measure(P: Any, X: Any, homes: list[str], repeat: int, tol: float) -> tuple
         base = _baselines(view, buf, X[:k], homes, len(X) / k)
         a_strides = tuple(s // P.itemsize for s in view(buf).strides)
         for home in homes:
+            if home in _DENSE_ONLY and label != "C":
+                continue
             A, Xh = view(_share(home, buf)), _share(home, X)
             for engine in engines:
+                if engine in _DENSE_ONLY and label != "C":
+                    continue
                 plan = batchmv.plan(A, Xh, backend=engine)
-                a_t = plan.views[0]
-                # A.T must start where A starts in the engine's buffer: the demo's buffer for
-                # the home engine; across libraries A is shared from its first element.
-                in_a = (
-                    a_t.source == "A"
-                    and a_t.strides == a_strides[::-1]
-                    and a_t.offset == (offset if engine == home else 0)
-                )
-                seconds = _time(lambda: batchmv.matvec(A, Xh, backend=engine), repeat)
+                if plan.views:
+                    a_t = plan.views[0]
+                    # A.T must start where A starts in the engine's buffer: the demo's buffer
+                    # for the home engine; across libraries A is shared from its first element.
+                    in_a = (
+                        a_t.source == "A"
+                        and a_t.strides == a_strides[::-1]
+                        and a_t.offset == (offset if engine == home or home in _DENSE_ONLY else 0)
+                    )
+                else:  # jax: one dot_general; XLA picks the layouts (the tests read its HLO)
+                    in_a = not plan.copies
+                seconds = _time(lambda: _ready(batchmv.matvec(A, Xh, backend=engine)), repeat)
                 y = np.asarray(batchmv.matvec(A, Xh, backend=engine), dtype=np.float64)
                 err = float(np.max(np.abs(y - ref) / np.abs(ref)))
                 if err > tol or plan.copies or not in_a:
                     failures.append(f"{home} -> {engine}, A {label}: max rel error {err:.1e} (tolerance {tol:.1e})\n{plan}")
-                baselines = (base[f"loop {home}"], base.get("bcast"), base.get("np.matvec"))
+                baselines = (base.get(f"loop {home}"), base.get("bcast"), base.get("np.matvec"))
                 rows.append(_Row(home, engine, label, seconds, len(plan.copies), in_a, err, baselines))
     return rows, failures
 
@@ -364,7 +410,10 @@ def _report(rows: list[_Row], m: int, n: int, batch: int, repeat: int, dtype: An
         f"Speed-up over each baseline, all {scaled}:\n"
         "   loop = Python loop `for i: y[i] = A @ x[i]` in the home library;\n"
         "   bcast = torch.matmul(A, X[..., None]) (expands A into a batched matmul), timed once;\n"
-        "   np.mv = numpy.matvec(A, X)."
+        "   np.mv = numpy.matvec(A, X).\n"
+        "jax: its arrays are dense and row-major, so jax takes part with A in C order only; its engine\n"
+        "   is one dot_general whose layouts XLA chooses: 'A.T in A' there means plan reports no copy\n"
+        "   (the tests read the compiled program: no copy, transpose or broadcast of A)."
     )
     for column, name in enumerate(("the Python loop", "torch.matmul broadcast", "numpy.matvec")):
         measured = [(r.baselines[column], r.seconds) for r in rows if r.baselines[column]]

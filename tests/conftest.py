@@ -5,7 +5,10 @@ Like SciPy's array-API tests, the libraries come from ``BATCHMV_TEST_BACKENDS``
 (numpy, torch, jax, cupy); those that are not installed, or for which batchmv has no
 engine yet, are skipped with the reason.  A library that the variable names explicitly
 but that is not installed fails the run (a CI job that asked for torch must not pass by
-skipping every torch test).
+skipping every torch test); so does naming cupy where it sees no CUDA device.  Unnamed,
+cupy without a usable GPU is skipped with the reason ("no CUDA device"), and tests that
+pair libraries whose arrays live on different devices here (cupy and numpy) are skipped.
+Tests marked ``gpu`` need a CUDA device and skip without one; ``pytest -m gpu`` runs them.
 
 Fixtures:
 
@@ -44,6 +47,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name in ("xp_name", "engine_name"):
         if name in metafunc.fixturenames and not _parametrized(metafunc, name):
             metafunc.parametrize(name, support.lib_params())
+
+
+#: Test parameters that name an array library (a home library or an engine).
+LIBRARY_PARAMS = ("xp_name", "engine_name", "home", "engine")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with the reason, a test whose libraries cannot meet in one call because their
+    arrays live on different devices here (cupy on a GPU with numpy on the CPU); the
+    TypeError such a call raises is tested in test_gpu.py."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        names = [params[key] for key in LIBRARY_PARAMS if params.get(key) in support.KNOWN_LIBRARIES]
+        reason = support.cross_device_reason(*names) if len(set(names)) > 1 else None
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def _parametrized(metafunc: pytest.Metafunc, name: str) -> bool:

@@ -15,6 +15,7 @@ must work where torch is not installed.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -63,6 +64,8 @@ def usage_problems() -> list[str]:
             problems.append(f"{ENV_VAR} names {name!r}, which is not one of {', '.join(KNOWN_LIBRARIES)}")
         elif not installed(name):
             problems.append(f"{ENV_VAR} names {name!r}, but {name} is not installed")
+        elif name == "cupy" and cupy_device_problem():
+            problems.append(f"{ENV_VAR} names 'cupy', but {cupy_device_problem()}")
     return problems
 
 
@@ -72,6 +75,60 @@ def skip_reason(name: str) -> str | None:
         return f"{name} is not installed"
     if name not in batchmv.available_backends():
         return f"batchmv has no {name} engine yet"
+    if name == "cupy":
+        return cupy_device_problem()
+    return None
+
+
+@functools.cache
+def cupy_device_problem() -> str | None:
+    """Why cupy, although installed, cannot compute here (no driver, no GPU), or None.
+    cupy installs and imports on machines without a GPU; its arrays cannot exist there."""
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CUDARuntimeError (no driver), ImportError (no CUDA libraries)
+        return f"no CUDA device: cupy is installed but cannot use a GPU ({type(err).__name__}: {err})"
+    return None if count > 0 else "no CUDA device: cupy sees 0 devices"
+
+
+@functools.cache
+def cuda_device_problem() -> str | None:
+    """Why no test can run on a CUDA device here, or None when torch or cupy has one."""
+    reasons = []
+    if installed("torch"):
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            return None
+        reasons.append(f"torch {torch.__version__} sees no CUDA device")
+    if installed("cupy"):
+        problem = cupy_device_problem()
+        if problem is None:
+            return None
+        reasons.append(problem)
+    return "no CUDA device" + (f" ({'; '.join(reasons)})" if reasons else " (neither torch nor cupy is installed)")
+
+
+def lib_device(name: str) -> str:
+    """Where this module's arrays of library ``name`` live: "cpu" or "cuda"."""
+    if name == "cupy":
+        return "cuda"
+    if name == "jax" and skip_reason("jax") is None:
+        import jax
+
+        return "cpu" if jax.default_backend() == "cpu" else "cuda"
+    return "cpu"
+
+
+def cross_device_reason(*names: str) -> str | None:
+    """Why libraries ``names`` cannot meet in one call (their arrays are on different
+    devices here, and batchmv never moves data), or None."""
+    devices = {name: lib_device(name) for name in names if skip_reason(name) is None}
+    if len(set(devices.values())) > 1:
+        where = ", ".join(f"{name} on {device}" for name, device in devices.items())
+        return f"{where}: arrays on different devices cannot meet (batchmv raises TypeError, see test_gpu.py)"
     return None
 
 
@@ -92,6 +149,10 @@ def lib_marks(*names: str) -> list:
         if reason:
             marks.append(pytest.mark.skip(reason=reason))
             break
+    else:
+        reason = cross_device_reason(*names)
+        if reason:
+            marks.append(pytest.mark.skip(reason=reason))
     return marks
 
 
@@ -151,6 +212,8 @@ def lib_dtype(lib: str, name: str) -> Any:
         import jax.numpy as jnp
 
         return np.dtype(getattr(jnp, name))
+    if lib == "cupy":
+        return np.dtype(name)
     raise NotImplementedError(lib)
 
 
@@ -169,7 +232,7 @@ def library_of_array(a: Any) -> str:
 
 def promoted(lib: str, a_dtype: str, x_dtype: str) -> str:
     """The home library's own promotion of two dtype names."""
-    if lib == "numpy":
+    if lib in ("numpy", "cupy"):  # cupy promotes like numpy
         return str(np.result_type(np.dtype(a_dtype), np.dtype(x_dtype)))
     if lib == "torch":
         import torch
@@ -252,6 +315,16 @@ def in_lib(root: np.ndarray, views: Iterable[np.ndarray], lib: str, dtype: str |
 
         # jax arrays have no strides to choose: the values, densely laid out by jax
         return [jnp.asarray(v.astype(lib_dtype("jax", dtype))) for v in views]
+    if lib == "cupy":
+        import cupy
+
+        flat = root.reshape(-1)
+        base = cupy.asarray(flat if flat.dtype == np.dtype(dtype) else flat.astype(dtype))  # one device buffer
+        size = base.itemsize
+        return [
+            cupy.lib.stride_tricks.as_strided(base[offset:], shape=shape, strides=tuple(s * size for s in strides))
+            for shape, strides, offset in geometry
+        ]
     raise NotImplementedError(lib)
 
 
@@ -277,6 +350,8 @@ def to_numpy(a: Any) -> np.ndarray:
         if t.dtype in (torch.bfloat16, torch.float16):
             t = t.to(torch.float64)
         arr = t.cpu().numpy()
+    elif library_of_array(a) == "cupy":
+        arr = a.get()
     else:
         arr = np.asarray(a)
         if arr.dtype.name == "bfloat16":  # jax's ml_dtypes bfloat16
@@ -330,6 +405,8 @@ def byte_range(a: Any) -> tuple[int, int]:
     if isinstance(a, np.ndarray):
         ptr = a.__array_interface__["data"][0]
         strides, size, shape = a.strides, a.itemsize, a.shape
+    elif library_of_array(a) == "cupy":
+        ptr, strides, size, shape = a.data.ptr, a.strides, a.itemsize, a.shape
     else:
         ptr, size, shape = a.data_ptr(), a.element_size(), tuple(a.shape)
         strides = tuple(s * size for s in a.stride())

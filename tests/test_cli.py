@@ -37,10 +37,13 @@ def test_demo_quick_agrees_without_copies(capsys):
     assert main(["demo", "--quick", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "copies" in out and "OK: all" in out
-    table = [line.split() for line in out.splitlines() if line.split()[:1] in (["numpy"], ["torch"])]
-    engines = {row[1] for row in table}
-    assert engines == {name for name in ("numpy", "torch") if name in batchmv.available_backends()}
+    libraries = [name for name in ("numpy", "torch", "jax") if name in batchmv.available_backends()]
+    table = [line.split() for line in out.splitlines() if line.split()[:1] in ([lib] for lib in libraries)]
+    assert {row[1] for row in table} == set(libraries)  # every engine, for every home library
+    assert {row[0] for row in table} == set(libraries)
     assert {" ".join(row[2:-8]) for row in table} == {"C", "F", "T view"}
+    # jax arrays are dense and row-major: jax takes part with A in C order only
+    assert all(" ".join(row[2:-8]) == "C" for row in table if "jax" in row[:2])
 
 
 def test_demo_fails_when_a_view_does_not_point_into_a(monkeypatch, capsys):

@@ -337,7 +337,7 @@ def test_jax_arrays_on_other_engines(rng, engine, dtype):
     support.assert_matvec_close(y, support.reference(a, x, -1), support.magnitude(a, x, -1), 5, dtype)
     p = batchmv.plan(A_, x_, backend=engine)
     assert p.backend == engine and p.home == "jax"
-    assert all(c.startswith("y: ") for c in p.copies), p.copies  # never a copy of A or x
+    assert p.copies == (), p.copies  # A and x are read in place, the result is wrapped as it is
 
 
 # ---------------------------------------------------------------------------------------
@@ -528,13 +528,12 @@ def test_crossing_copies_where_it_must(crossings, case):
 
 @pytest.mark.slow
 def test_crossing_jax_on_numpy(crossings):
-    """jax arrays are read by numpy in place; numpy's result needs a copy to become jax's
-    (JAX wraps only 64-byte-aligned memory), and plan says so."""
+    """jax arrays are read by numpy in place, and numpy's result (allocated 64-byte aligned,
+    as JAX's CPU client needs) becomes a jax array without a copy: copy=False works."""
     for case in ("jax_on_numpy", "jax_transposed_on_numpy"):  # the second: a column-major jax array
         entry = _ok(crossings[case])
         assert entry["a_shared"] and entry["x_shared"] and entry["result"] == "jax", entry
-        assert len(entry["copies"]) == 1 and entry["copies"][0].startswith("y: ") and "64-byte" in entry["copies"][0]
-        assert entry["copy_false"].startswith("CopyRequiredError")
+        assert entry["copies"] == [] and entry["copy_false"] == "ok", entry
     assert _ok(crossings["jax_on_torch"])["result"] == "jax"
 
 

@@ -107,7 +107,8 @@ def test_fastest_cache_file_is_reloaded_and_bad_files_are_ignored(rng, monkeypat
     assert any(f"fastest: {chosen} (cached choice" in n for n in notes)
     # corrupt, foreign and tampered files are ignored with a warning and re-measured
     data = json.loads(path.read_text())
-    tampered = dict(data, choices={k: {"engine": "cupy", "times": {}} for k in data["choices"]})
+    missing = next((e for e in batchmv._registry.ENGINES if e not in batchmv.available_backends()), "no-such-engine")
+    tampered = dict(data, choices={k: {"engine": missing, "times": {}} for k in data["choices"]})
     foreign = dict(data, machine={"node": "elsewhere"})
     for content in ("{not json", json.dumps({"format": "other"}), json.dumps(foreign), json.dumps(tampered)):
         path.write_text(content)
