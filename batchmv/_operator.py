@@ -8,6 +8,9 @@ from typing import Any, Optional
 from . import _driver, _registry, _select
 from ._plan import Plan
 
+#: Schedules a prepared operator keeps (one per layout of x it has seen), at most.
+_MAX_LAYOUTS = 64
+
 
 class MatVec:
     """``x -> A @ x`` along an axis, for one fixed A (see :func:`prepare`).
@@ -56,6 +59,8 @@ class MatVec:
                 if call is None:
                     call = _driver.build(self._shared, x, axis, None, self.backend, self.copy)
                     with self._lock:
+                        if len(self._calls) >= _MAX_LAYOUTS:  # many shapes: keep memory bounded
+                            self._calls.clear()
                         self._calls[key] = call
                 return _driver.execute(call._replace(x=x))
         return _driver.execute(self._build(x, axis, out))

@@ -136,3 +136,12 @@ def test_fastest_is_a_valid_name_everywhere(fresh_selection, monkeypatch, rng):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert batchmv.plan(a, x).backend in batchmv.available_backends()
+
+
+def test_prepared_operator_keeps_a_bounded_number_of_schedules(rng):
+    a, _ = _problem(rng, "numpy")
+    op = batchmv.prepare(a)
+    for rows in range(1, 80):  # 79 layouts of x
+        x = support.random_values(rng, (rows, 16), "float64")
+        np.testing.assert_allclose(op(x), x @ a.T, rtol=1e-12)
+    assert 0 < len(op._calls) <= batchmv._operator._MAX_LAYOUTS
