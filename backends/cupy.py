@@ -194,9 +194,6 @@ class CupyEngine:
     def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[cupy.ndarray, Optional[str]]:
         return self.adopt(obj, allow_copy=allow_copy, writable=writable)
 
-    def result_copy(self, engine_name: str) -> Optional[str]:
-        return None
-
     def export_refusal(self, a: cupy.ndarray) -> Optional[str]:
         return None
 

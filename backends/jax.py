@@ -261,11 +261,6 @@ class JaxEngine:
         self._foreign.pop(id(arr), None)  # owned by the result alone: nobody writes to it
         return arr, reason
 
-    def result_copy(self, engine_name: str) -> Optional[str]:
-        """None: the numpy engine allocates its results 64-byte aligned and torch's CPU
-        allocator aligns to 64 bytes, so JAX wraps every result without a copy."""
-        return None
-
     def export_refusal(self, a: Any) -> Optional[str]:
         if _is_tracer(a):
             return (

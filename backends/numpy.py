@@ -107,9 +107,6 @@ class NumpyEngine:
     def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[np.ndarray, Optional[str]]:
         return self.adopt(obj, allow_copy=allow_copy, writable=writable)
 
-    def result_copy(self, engine_name: str) -> Optional[str]:
-        return None
-
     def astype(self, a: np.ndarray, dtype: Any) -> np.ndarray:
         return a.astype(dtype)
 

@@ -128,9 +128,6 @@ class TorchEngine:
     def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[torch.Tensor, Optional[str]]:
         return self.adopt(obj, allow_copy=allow_copy, writable=writable)
 
-    def result_copy(self, engine_name: str) -> Optional[str]:
-        return None
-
     def astype(self, a: torch.Tensor, dtype: Any) -> torch.Tensor:
         return a.to(dtype)
 

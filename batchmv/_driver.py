@@ -158,8 +158,6 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
     else:
         a_e = share(engine, a_h, home, "A", allow_copy, copies)
         x_e = share(engine, x_h, home, "x", allow_copy, copies)
-        reason = home.result_copy(engine.name) if out is None else None  # the home cannot always wrap it
-        copies.extend([f"y: {reason}"] if reason else [])
         out_e = None
         if out is not None:
             try:
@@ -295,15 +293,7 @@ def execute(call: Call) -> Any:
     if sched is None:
         a, x = call.a, call.x
         a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
-        y = eng.transform_matvec(a, x, call.axis)
-        if eng is call.home:
-            return y
-        planned = any(c.startswith("y: ") for c in call.copies)
-        y_home = call.home.adopt_result(y, allow_copy=planned, writable=False)[0]
-        if call.out is None:
-            return y_home
-        call.home.assign(call.out, y_home)  # planned: "out: ... copied into out"
-        return call.out
+        return _deliver(call, eng.transform_matvec(a, x, call.axis))
     a, x = call.a, call.x
     if sched.a_copy:
         a = eng.c_order_copy(a, call.dtype)
@@ -335,15 +325,18 @@ def execute(call: Call) -> Any:
         return call.out
     if sched.zero_axes:
         y = eng.broadcast_copy(y, call.y_shape)
-    if eng is call.home:
-        y_home = y
-    else:
-        planned = any(c.startswith("y: ") for c in call.copies)
-        y_home, _ = call.home.adopt_result(y, allow_copy=planned, writable=False)
-    if call.out is not None:
-        call.home.assign(call.out, y_home)
-        return call.out
-    return y_home
+    return _deliver(call, y)
+
+
+def _deliver(call: Call, y: Any) -> Any:
+    """The engine's result ``y`` as the caller gets it: a home-library array sharing its
+    memory, or written into ``out`` when ``out`` could not be shared with the engine (that
+    copy is in the plan)."""
+    y_home = y if call.engine is call.home else call.home.adopt_result(y, allow_copy=False, writable=False)[0]
+    if call.out is None:
+        return y_home
+    call.home.assign(call.out, y_home)
+    return call.out
 
 
 def make_plan(call: Call) -> Plan:

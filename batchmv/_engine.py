@@ -49,8 +49,6 @@ class Engine(Protocol):
         """
     def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[Any, Optional[str]]:
         """Another engine's result as a native array (like ``adopt``; any layout is fine)."""
-    def result_copy(self, engine_name: str) -> Optional[str]:
-        """Why a result computed by engine ``engine_name`` must be copied to become native."""
     def export_refusal(self, a: Any) -> Optional[str]:
         """Why this native array may not be computed by another engine (gradients, tracers)."""
 
