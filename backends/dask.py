@@ -40,7 +40,7 @@ from .. import _api, _registry, _select
 from .._errors import CopyRequiredError
 from .._plan import Plan
 
-_SEQUENCES = (list, tuple, int, float, complex, bool)
+_SEQUENCES = _select.SEQUENCES  # what matvec turns into arrays with numpy.asarray
 
 
 def _check_copy(copy: object) -> bool:

@@ -13,7 +13,7 @@ from . import _layout, _registry, _select, _tune
 from ._errors import CopyRequiredError
 from ._plan import OperandView, Plan
 
-_SEQUENCES = (list, tuple, int, float, complex, bool)
+_SEQUENCES = _select.SEQUENCES
 
 
 class Call(NamedTuple):

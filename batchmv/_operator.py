@@ -25,7 +25,7 @@ class MatVec:
         home_name, engine_name = _select.route(type(A), type(A), backend)
         if engine_name == "fastest":
             raise ValueError('prepare() needs a fixed engine; "fastest" measures each kind of call: use matvec')
-        # check A (and that it can reach the engine) by planning one vector
+        # check A, and share it with the engine (refusing what would lose its meaning)
         engine = _registry.get_engine(engine_name)
         home = _registry.get_engine(home_name)
         a_h = _driver.to_home(A, "A", home, copy is None, [])

@@ -70,7 +70,8 @@ def requested(backend: str | None) -> str:
     return _from_environment() or "auto"
 
 
-_SEQUENCES = (list, tuple, int, float, complex, bool)
+#: Python objects that go through ``numpy.asarray`` (sequences and scalars).
+SEQUENCES = (list, tuple, int, float, complex, bool)
 
 
 def home_of(a_type: type, x_type: type) -> str:
@@ -82,7 +83,7 @@ def home_of(a_type: type, x_type: type) -> str:
             return lib
         if hasattr(kind, "__dlpack__"):
             return _registry.DLPACK_HOME
-        if not issubclass(kind, _SEQUENCES):
+        if not issubclass(kind, SEQUENCES):
             break  # x of an unsupported type: its home decides the error message
     return _registry.SEQUENCE_HOME
 
