@@ -223,7 +223,9 @@ def test_sigkill_at_random_points_then_resume_is_byte_identical(small):
         proc.communicate(timeout=60)
         if proc.returncode != -signal.SIGKILL:
             break  # it finished before the kill
-        assert out.read_bytes() == b"the previous result", f"seed {seed}"  # OUT untouched
+        if out.read_bytes() != b"the previous result":  # killed after the atomic rename: OUT complete
+            assert out.read_bytes() == ref, f"seed {seed}: attempt {attempt}"
+            break
         done = blocks_done()
         if 0 < done < 160:
             progress.append(done)
