@@ -146,8 +146,8 @@ class CupyEngine:
     def in_transform(self, *arrays: Any) -> bool:
         return False
 
-    def signature(self, a: cupy.ndarray) -> Optional[tuple]:
-        return (a.shape, a.strides, a.dtype, a.device.id)
+    def signature(self, *arrays: cupy.ndarray) -> Optional[tuple]:
+        return tuple([(a.shape, a.strides, a.dtype, a.device.id) for a in arrays])
 
     def must_copy(self, a: cupy.ndarray) -> Optional[str]:
         return None
@@ -228,8 +228,9 @@ class CupyEngine:
         with like.device:
             return cupy.empty(shape, dtype=dtype)
 
-    def gemm(self, x2: cupy.ndarray, a_t: cupy.ndarray, out: cupy.ndarray | None = None) -> cupy.ndarray:
-        """``out = x2 @ a_t`` on the views as they are, on the current stream."""
+    def gemm(self, x2: cupy.ndarray, a: cupy.ndarray, out: cupy.ndarray | None = None) -> cupy.ndarray:
+        """``out = x2 @ a.T`` on the views as they are, on the current stream."""
+        a_t = a.T
         rows, n = x2.shape
         m = a_t.shape[1]
         dtype = x2.dtype

@@ -226,12 +226,12 @@ class JaxEngine:
         every call is expressed with :meth:`transform_matvec` and compiled by XLA."""
         return True
 
-    def signature(self, a: Any) -> Optional[tuple]:
+    def signature(self, *arrays: Any) -> Optional[tuple]:
         """What a call depends on: shape, dtype (weak or not) and placement; None for tracers,
         whose calls are traced once by their transformation anyway."""
-        if _is_tracer(a):
+        if any(_is_tracer(a) for a in arrays):
             return None
-        return (a.shape, a.dtype, a.weak_type, a.sharding)
+        return tuple([(a.shape, a.dtype, a.weak_type, a.sharding) for a in arrays])
 
     def must_copy(self, a: Any) -> Optional[str]:
         return None
@@ -302,10 +302,10 @@ class JaxEngine:
     def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
         return jnp.empty(shape, dtype=dtype)
 
-    def gemm(self, x2: Any, a_t: Any, out: Any = None) -> Any:
+    def gemm(self, x2: Any, a: Any, out: Any = None) -> Any:
         if out is not None:
             raise TypeError(_IMMUTABLE)
-        return jnp.matmul(x2, a_t, precision=_HIGHEST)
+        return jnp.matmul(x2, a.T, precision=_HIGHEST)
 
     def stack(self, parts: list, shape: tuple[int, ...]) -> Any:
         return jnp.stack(parts).reshape(shape)

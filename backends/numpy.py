@@ -113,8 +113,8 @@ class NumpyEngine:
     def export_refusal(self, a: np.ndarray) -> Optional[str]:
         return None
 
-    def signature(self, a: np.ndarray) -> Optional[tuple]:
-        return (a.shape, a.strides, a.dtype)
+    def signature(self, *arrays: np.ndarray) -> Optional[tuple]:
+        return tuple([(a.shape, a.strides, a.dtype) for a in arrays])
 
     def must_copy(self, a: np.ndarray) -> Optional[str]:
         return None
@@ -142,10 +142,8 @@ class NumpyEngine:
     def empty(self, shape: tuple[int, ...], dtype: np.dtype, like: np.ndarray) -> np.ndarray:
         return aligned_empty(shape, dtype)
 
-    def gemm(self, x2: np.ndarray, a_t: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        if out is None:
-            out = aligned_empty((x2.shape[0], a_t.shape[1]), np.result_type(x2, a_t))
-        return np.matmul(x2, a_t, out=out)
+    def gemm(self, x2: np.ndarray, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return np.matmul(x2, a.T, out=out)
 
     def stack(self, parts: list, shape: tuple[int, ...]) -> np.ndarray:
         return np.stack(parts).reshape(shape)

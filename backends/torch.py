@@ -31,6 +31,9 @@ from .._errors import CopyRequiredError
 # use_backend's setting).  The schedule is plain arithmetic that dynamo traces.
 torch.compiler.assume_constant_result(_select.route)
 
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
+_linear = torch.nn.functional.linear
+
 # dtypes torch.mm computes on the CPU
 _MM_DTYPES = frozenset(
     {
@@ -99,12 +102,20 @@ class TorchEngine:
     def in_transform(self, *arrays: torch.Tensor) -> bool:
         if torch.compiler.is_compiling():  # dynamo sees through transforms; strides are known
             return False
-        return any(torch._C._functorch.is_functorch_wrapped_tensor(a) for a in arrays)
+        return any(_is_wrapped(a) for a in arrays)
 
-    def signature(self, a: torch.Tensor) -> Optional[tuple]:
-        if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(a):
+    def signature(self, *arrays: torch.Tensor) -> Optional[tuple]:
+        if torch.compiler.is_compiling():
             return None
-        return (a.shape, a.stride(), a.dtype, a.device, a.requires_grad, torch.is_grad_enabled(), a.is_conj(), a.is_neg())
+        found: list = [torch.is_grad_enabled()]
+        try:
+            for a in arrays:
+                if _is_wrapped(a):
+                    return None
+                found.append((a.shape, a.stride(), a.dtype, a.device, a.requires_grad, a.is_conj(), a.is_neg()))
+        except RuntimeError:  # no strides (sparse, mkldnn): the full checks say what to do
+            return None
+        return tuple(found)
 
     def must_copy(self, a: torch.Tensor) -> Optional[str]:
         if torch.compiler.is_compiling():  # the compiler resolves lazy bits in the graph
@@ -172,12 +183,12 @@ class TorchEngine:
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device=like.device)
 
-    def gemm(self, x2: torch.Tensor, a_t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        if x2.device.type == "cuda":  # (another library's CUDA arrays, computed by torch)
+    def gemm(self, x2: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        if x2.is_cuda:  # (another library's CUDA arrays, computed by torch)
             _check_cuda_dtype(x2.dtype)
         if out is None:
-            return torch.mm(x2, a_t)
-        return torch.mm(x2, a_t, out=out)
+            return _linear(x2, a)  # x2 @ a.T: torch.mm on the transposed view, without a Python step
+        return torch.mm(x2, a.t(), out=out)
 
     def stack(self, parts: list, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.stack(parts).view(shape)

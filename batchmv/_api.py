@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import _driver
+from . import _cache, _driver
 from ._plan import Plan
 
 
@@ -45,7 +45,15 @@ def matvec(
            [1., 0.],
            [2., 2.]])
     """
-    return _driver.execute(_driver.build(A, x, axis, out, backend, copy))
+    key = _cache.key(A, x, axis, backend, copy) if out is None else None
+    if key is not None:
+        run = _cache.lookup(key)
+        if run is not None:
+            return run(A, x)
+    call = _driver.build(A, x, axis, out, backend, copy)
+    if key is not None:
+        _cache.remember(key, call, A, x)
+    return _driver.execute(call)
 
 
 def plan(

@@ -63,14 +63,18 @@ class Engine(Protocol):
         """A copy of ``a`` as ``dtype`` whose ``axis`` is contiguous (batch axes in C order)."""
     def c_order_copy(self, a: Any, dtype: Any) -> Any:
         """A C-ordered copy of ``a`` as ``dtype`` (lazy conjugate/negative bits resolved)."""
-    def signature(self, a: Any) -> Optional[tuple]:
-        """Everything about ``a`` that a call's schedule depends on (not its values), or None
-        when calls on ``a`` must not be cached (tracers)."""
+    def signature(self, *arrays: Any) -> Optional[tuple]:
+        """Everything about these native arrays (and the library's state, such as grad mode)
+        that a call's checks and schedule depend on, not their values; None when calls on
+        them must not be remembered (tracers, arrays without strides)."""
     def must_copy(self, a: Any) -> Optional[str]:
         """Why the GEMM cannot read ``a`` as it is whatever its strides (e.g. a lazy conjugate bit)."""
-    def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any: ...
-    def gemm(self, x2: Any, a_t: Any, out: Any = None) -> Any:
-        """One GEMM ``x2 @ a_t`` (written into ``out`` when given)."""
+    def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
+        """A new C-ordered array that any other engine can adopt without a copy."""
+    def gemm(self, x2: Any, a: Any, out: Any = None) -> Any:
+        """One GEMM ``x2 @ a.T`` on the views as they are (A is read through its transposed
+        view), written into ``out`` when given, else into a new array that stays in this
+        library."""
     def stack(self, parts: list, shape: tuple[int, ...]) -> Any: ...
     def assign(self, dst: Any, src: Any) -> None:
         """``dst[...] = src`` with numpy broadcasting."""

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 from typing import Any, Optional
 
 from . import _driver, _registry, _select
 from ._plan import Plan
 
-#: Schedules a prepared operator keeps (one per layout of x it has seen), at most.
+#: Kinds of call (layouts of x) a prepared operator remembers, at most.
 _MAX_LAYOUTS = 64
 
 
 class MatVec:
     """``x -> A @ x`` along an axis, for one fixed A (see :func:`prepare`).
 
-    The engine is chosen when the operator is prepared.  Calls on arrays of the engine's
-    own library reuse the checked schedule of the last call with the same layout, so the
-    per-call work is a few dictionary look-ups, the views and one GEMM.
+    The engine is chosen when the operator is prepared.  A call on an array of the engine's
+    own library, with no ``out``, that runs as one kernel without a copy is remembered per
+    signature of x (``Engine.signature``: shape, strides, dtype, device, grad state); its
+    repeats run that kernel directly: one dictionary look-up, the views and one GEMM.
     """
 
     def __init__(self, A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> None:
@@ -37,8 +38,7 @@ class MatVec:
         self.copy = copy
         self._engine = engine
         self._shared = a_h if engine is home else _driver.share(engine, a_h, home, "A", copy is None, [])
-        self._calls: dict[Any, _driver.Call] = {}
-        self._lock = threading.Lock()
+        self._runners: dict[tuple, Callable[[Any, Any], Any]] = {}
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -50,20 +50,23 @@ class MatVec:
 
     def __call__(self, x: Any, *, axis: int = -1, out: Any = None) -> Any:
         """``matvec(A, x, axis=axis, out=out)`` on the prepared engine."""
-        engine = self._engine
-        if out is None and engine.is_native(x):
-            signature = engine.signature(x)
+        engine, shared = self._engine, self._shared
+        key = None
+        if out is None and type(axis) is int and engine.is_native(x):
+            signature = engine.signature(shared, x)
             if signature is not None:
-                key = (signature, axis)
-                call = self._calls.get(key)
-                if call is None:
-                    call = _driver.build(self._shared, x, axis, None, self.backend, self.copy)
-                    with self._lock:
-                        if len(self._calls) >= _MAX_LAYOUTS:  # many shapes: keep memory bounded
-                            self._calls.clear()
-                        self._calls[key] = call
-                return _driver.execute(call._replace(x=x))
-        return _driver.execute(self._build(x, axis, out))
+                key = (type(x), signature, axis)
+                run = self._runners.get(key)
+                if run is not None:
+                    return run(shared, x)
+        call = self._build(x, axis, out)
+        if key is not None and isinstance(call, _driver.Call) and call.x is x:
+            run = _driver.runner(call)
+            if run is not None:
+                if len(self._runners) >= _MAX_LAYOUTS:  # many shapes: keep memory bounded
+                    self._runners.clear()
+                self._runners[key] = run
+        return _driver.execute(call)
 
     def plan(self, x: Any, *, axis: int = -1, out: Any = None) -> Plan:
         """What ``self(x, axis=axis, out=out)`` does, computing nothing."""

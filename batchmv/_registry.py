@@ -125,6 +125,20 @@ def library_of_type(kind: type) -> str | None:
     return found
 
 
+def engine_of_types(kind_a: type, kind_x: type) -> Engine | None:
+    """The engine of the library whose arrays both types are (loaded on first use: that
+    library is imported already); None for any other pair.
+
+    >>> import numpy as np
+    >>> engine_of_types(np.ndarray, np.ndarray).name, engine_of_types(np.ndarray, list)
+    ('numpy', None)
+    """
+    lib = library_of_type(kind_x)
+    if lib is None or library_of_type(kind_a) != lib:
+        return None
+    return _engines.get(lib) or get_engine(lib)
+
+
 def _attribute(module: Any, path: str) -> Any:
     """``module.<path>`` for a dotted ``path``, or None where a part is missing."""
     for part in path.split("."):

@@ -49,12 +49,17 @@ def normalize(name: object, source: str) -> str:
     return key
 
 
-def _from_environment() -> str | None:
+def _environment() -> str:
+    """The value of ``BATCHMV_BACKEND`` as read the first time it was needed ("" if unset)."""
     global _env_value
     if _env_value is _UNREAD:
         _env_value = os.environ.get(ENV_VAR, "")
-    raw = _env_value
-    assert isinstance(raw, str)
+    assert isinstance(_env_value, str)
+    return _env_value
+
+
+def _from_environment() -> str | None:
+    raw = _environment()
     if raw.strip() == "":
         return None
     return normalize(raw, f"the environment variable {ENV_VAR}={raw!r}")
@@ -68,6 +73,12 @@ def requested(backend: str | None) -> str:
     if name is not None:
         return name
     return _from_environment() or "auto"
+
+
+def settings() -> tuple:
+    """The settings that a call without ``backend=`` depends on (context, environment), as a
+    value that changes whenever the rules above could give another answer."""
+    return (_context.get(), _environment())
 
 
 #: Python objects that go through ``numpy.asarray`` (sequences and scalars).

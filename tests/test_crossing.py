@@ -287,9 +287,9 @@ def case_numpy_A_torch_x_shares_A():
     seen = []
     original = engine.gemm
 
-    def gemm(x2, a_t, out=None):
-        seen.append(support.byte_range(a_t))
-        return original(x2, a_t, out)
+    def gemm(x2, a, out=None):
+        seen.append(support.byte_range(a))
+        return original(x2, a, out)
 
     engine.gemm = gemm  # this child process ends after the case
     y = batchmv.matvec(A, x)

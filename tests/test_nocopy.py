@@ -98,17 +98,17 @@ class GemmRecorder:
         self.calls: list[dict] = []
         original = engine.gemm
 
-        def gemm(x2, a_t, out=None):
+        def gemm(x2, a, out=None):
             self.calls.append(
                 {
                     "x2": support.byte_range(x2),
-                    "a_t": support.byte_range(a_t),
-                    "a_t_shape": tuple(a_t.shape),
+                    "a": support.byte_range(a),
+                    "a_shape": tuple(a.shape),
                     "x2_shape": tuple(x2.shape),
                     "out": None if out is None else support.byte_range(out),
                 }
             )
-            return original(x2, a_t, out)
+            return original(x2, a, out)
 
         monkeypatch.setattr(engine, "gemm", gemm)
 
@@ -150,9 +150,9 @@ def test_gemm_receives_views_of_inputs(engine_name, a_name, x_name, monkeypatch)
     assert plan.copies == ()
     assert len(rec.calls) == plan.gemm_calls == (3 if x_name == "axis-middle" else 1)
     for call in rec.calls:
-        assert within(call["a_t"], support.byte_range(A)), "the GEMM did not read A in place"
+        assert within(call["a"], support.byte_range(A)), "the GEMM did not read A in place"
         assert within(call["x2"], support.byte_range(x)), "the GEMM did not read x in place"
-        assert call["a_t_shape"] == (11, 9)
+        assert call["a_shape"] == (9, 11)
     support.assert_matvec_close(y, support.reference(A, x, axis), support.magnitude(A, x, axis), 11, "float64")
 
 
@@ -165,14 +165,14 @@ def test_gemm_pointer_check_positive_control(engine_name, monkeypatch):
     rec = record(engine_name, monkeypatch)
     copied = support.to_lib(np.ascontiguousarray(A.T).T, engine_name)  # same values, other memory
     batchmv.matvec(copied, x_lib, axis=axis)
-    assert not within(rec.calls[-1]["a_t"], support.byte_range(A_lib))
+    assert not within(rec.calls[-1]["a"], support.byte_range(A_lib))
 
     _, B = a_layout("every-other", 9, 11)
     B_lib = support.to_lib(B, engine_name)
     plan = batchmv.plan(B_lib, x_lib, axis=axis)
     assert plan.copies and plan.views[0].source == "copy of A"
     batchmv.matvec(B_lib, x_lib, axis=axis)
-    assert not support.overlaps(rec.calls[-1]["a_t"], support.byte_range(B_lib)), "a non-BLAS A reached the GEMM"
+    assert not support.overlaps(rec.calls[-1]["a"], support.byte_range(B_lib)), "a non-BLAS A reached the GEMM"
 
 
 # ---------------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ def test_copies_reported_exactly(engine, dtype, a_name, x_name, expected, monkey
         assert batchmv.plan(A, x, axis=axis, copy=False).copies == ()
         y = batchmv.matvec(A, x, axis=axis, copy=False)
         for call in rec.calls:
-            assert within(call["a_t"], support.byte_range(A))
+            assert within(call["a"], support.byte_range(A))
             assert within(call["x2"], support.byte_range(x))
     support.assert_matvec_close(y, support.reference(A, x, axis), support.magnitude(A, x, axis), 11, dtype)
 

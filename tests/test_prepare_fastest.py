@@ -40,7 +40,7 @@ def test_prepared_operator_reuses_schedule_only_for_the_same_layout(rng):
     strided = support.to_lib(support.random_values(rng, (5, 14, 16), "float64"), "numpy")[:, ::2]
     y = op(strided)  # another layout: a new schedule, still correct
     support.assert_matvec_close(y, support.reference(a, strided, -1), support.magnitude(a, strided, -1), 16, "float64")
-    assert len(op._calls) == 2
+    assert len(op._runners) == 2
 
 
 def test_prepared_operator_out_and_errors(rng):
@@ -144,4 +144,4 @@ def test_prepared_operator_keeps_a_bounded_number_of_schedules(rng):
     for rows in range(1, 80):  # 79 layouts of x
         x = support.random_values(rng, (rows, 16), "float64")
         np.testing.assert_allclose(op(x), x @ a.T, rtol=1e-12)
-    assert 0 < len(op._calls) <= batchmv._operator._MAX_LAYOUTS
+    assert 0 < len(op._runners) <= batchmv._operator._MAX_LAYOUTS

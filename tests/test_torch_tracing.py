@@ -165,7 +165,7 @@ def test_func_grad_and_jacrev():
 # ---------------------------------------------------------------------------------------
 # torch.compile
 # ---------------------------------------------------------------------------------------
-GEMM_TARGETS = {"mm", "addmm", "matmul"}
+GEMM_TARGETS = {"mm", "addmm", "matmul", "linear"}
 BAD_TARGETS = {"bmm", "baddbmm", "expand", "contiguous", "clone", "copy_", "broadcast_to"}
 
 

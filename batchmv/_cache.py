@@ -1,0 +1,58 @@
+"""Remembered calls: a call repeated on arrays of the same signature skips every check.
+
+A call that runs as one kernel on the engine of its home library, with no ``out`` and no
+copy (:func:`batchmv._driver.runner`), is remembered under a key made of everything its
+checks and schedule depend on: the types, the engine's ``signature`` of A and x (shapes,
+strides, dtypes, devices, grad state), the axis, the arguments and the selection settings.
+The next call with the same key runs the remembered kernel directly.  Values are never
+part of a key, so any arrays of that signature take the path; arrays whose engine gives no
+signature (tracers) always go through the full checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from . import _driver, _registry, _select
+
+#: Calls remembered, at most; beyond, the memory starts over (a program with that many
+#: kinds of call gains little from the cache).
+MAX_CALLS = 256
+
+_runners: dict[tuple, Callable[[Any, Any], Any]] = {}
+
+
+def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any) -> tuple | None:
+    """The key of ``matvec(a, x, axis=axis, backend=backend, copy=copy)`` (no ``out``), or
+    None when the call is not one to remember."""
+    kind_a, kind_x = type(a), type(x)
+    engine = _registry.engine_of_types(kind_a, kind_x)
+    if engine is None or type(axis) is not int:
+        return None
+    signature = engine.signature(a, x)
+    if signature is None:
+        return None
+    return (kind_a, kind_x, signature, axis, backend, copy, _select.settings())
+
+
+def lookup(key: tuple) -> Callable[[Any, Any], Any] | None:
+    """The remembered ``run(A, x)`` for ``key``, or None."""
+    try:
+        return _runners.get(key)
+    except TypeError:  # an unhashable argument (backend, copy): the full checks will say
+        return None
+
+
+def remember(key: tuple, call: Any, a: Any, x: Any) -> None:
+    """Remember how ``call``, built from ``a`` and ``x`` for ``key``, runs: when it is a call
+    to remember and it computes on ``a`` and ``x`` themselves (not on conversions of them,
+    such as the plain ndarray numpy makes of a subclass)."""
+    if not isinstance(call, _driver.Call) or call.a is not a or call.x is not x:
+        return
+    run = _driver.runner(call)
+    if run is None:
+        return
+    if len(_runners) >= MAX_CALLS:
+        _runners.clear()
+    _runners[key] = run
