@@ -146,8 +146,8 @@ class CupyEngine:
     def in_transform(self, *arrays: Any) -> bool:
         return False
 
-    def signature(self, *arrays: cupy.ndarray) -> Optional[tuple]:
-        return tuple([(a.shape, a.strides, a.dtype, a.device.id) for a in arrays])
+    def signature(self, a: cupy.ndarray, x: cupy.ndarray) -> Optional[tuple]:
+        return (a.shape, a.strides, a.dtype, a.device.id, x.shape, x.strides, x.dtype, x.device.id)
 
     def must_copy(self, a: cupy.ndarray) -> Optional[str]:
         return None

@@ -104,18 +104,17 @@ class TorchEngine:
             return False
         return any(_is_wrapped(a) for a in arrays)
 
-    def signature(self, *arrays: torch.Tensor) -> Optional[tuple]:
-        if torch.compiler.is_compiling():
+    def signature(self, a: torch.Tensor, x: torch.Tensor) -> Optional[tuple]:
+        if torch.compiler.is_compiling() or _is_wrapped(a) or _is_wrapped(x):
             return None
-        found: list = [torch.is_grad_enabled()]
         try:
-            for a in arrays:
-                if _is_wrapped(a):
-                    return None
-                found.append((a.shape, a.stride(), a.dtype, a.device, a.requires_grad, a.is_conj(), a.is_neg()))
+            return (
+                torch.is_grad_enabled(),
+                a.shape, a.stride(), a.dtype, a.device, a.requires_grad, a.is_conj(), a.is_neg(),
+                x.shape, x.stride(), x.dtype, x.device, x.requires_grad, x.is_conj(), x.is_neg(),
+            )  # fmt: skip
         except RuntimeError:  # no strides (sparse, mkldnn): the full checks say what to do
             return None
-        return tuple(found)
 
     def must_copy(self, a: torch.Tensor) -> Optional[str]:
         if torch.compiler.is_compiling():  # the compiler resolves lazy bits in the graph

@@ -63,10 +63,10 @@ class Engine(Protocol):
         """A copy of ``a`` as ``dtype`` whose ``axis`` is contiguous (batch axes in C order)."""
     def c_order_copy(self, a: Any, dtype: Any) -> Any:
         """A C-ordered copy of ``a`` as ``dtype`` (lazy conjugate/negative bits resolved)."""
-    def signature(self, *arrays: Any) -> Optional[tuple]:
-        """Everything about these native arrays (and the library's state, such as grad mode)
-        that a call's checks and schedule depend on, not their values; None when calls on
-        them must not be remembered (tracers, arrays without strides)."""
+    def signature(self, a: Any, x: Any) -> Optional[tuple]:
+        """Everything about native arrays ``a`` and ``x`` (and the library's state, such as
+        grad mode) that a call's checks and schedule depend on, not their values; None when
+        calls on them must not be remembered (tracers, arrays without strides)."""
     def must_copy(self, a: Any) -> Optional[str]:
         """Why the GEMM cannot read ``a`` as it is whatever its strides (e.g. a lazy conjugate bit)."""
     def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:

@@ -674,11 +674,11 @@ def test_engine_answers(mats):
     assert engine.address(x) == (x.unsafe_buffer_pointer(), 0)
     assert engine.in_transform(A, x) and not engine.tracks_graph(A, x)
     assert engine.export_refusal(x) is None
-    assert engine.signature(x) == engine.signature(2 * x) != engine.signature(x[:3])
+    assert engine.signature(A, x) == engine.signature(A, 2 * x) != engine.signature(A, x[:3])
 
     def inside(v):
         assert engine.strides(v) == (None, None) and engine.tracks_graph(v)
-        assert "tracer" in engine.export_refusal(v) and engine.signature(v) is None
+        assert "tracer" in engine.export_refusal(v) and engine.signature(A, v) is None
         with pytest.raises(TypeError, match="tracer"):
             engine.address(v)
         return v
