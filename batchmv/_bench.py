@@ -52,6 +52,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import _isolation
+
 HOMES = ("numpy", "torch", "jax")
 DTYPES = ("float32", "float64", "bfloat16")
 LAYOUTS = ("C", "T")
@@ -631,9 +633,10 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
             if jax_before and "jax" in libs:
                 machine["threads_note"] += " (jax was imported before the run: its threads may use every CPU)"
             points = _points(config)
+            isolation = config.cross and any("fastest" in a.name for a in approaches)
             total = 2 * (2 + len(libs) * len(config.dtypes)) + sum(
                 len([a for a in approaches if a.runs_at(d, lay, b, config.all_peers)]) for (_, _, b, d, lay) in points
-            )
+            ) + (_isolation.children(config) if isolation else 0)
             bar = _progress(total, config.progress)
             try:
                 start = _rooflines(libs, config, lambda label: _tick(bar, label))
@@ -643,6 +646,7 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
                 # the roofline again: on a shared machine the first one may have met a busy moment
                 roofline = _merge_rooflines(start, _rooflines(libs, config, lambda label: _tick(bar, label)))
                 _apply_roofline(results, roofline)
+                fastest = _isolation.run(config, lambda label: _tick(bar, label)) if isolation else []
             finally:
                 if bar is not None:
                     bar.close()
@@ -663,6 +667,7 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
         ],
         "results": results,
         "overhead": overhead,
+        "fastest": fastest,
         "seconds": round(time.time() - started, 1),
     }
     report["targets"] = targets(report)
@@ -1045,6 +1050,18 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             "measured": ", ".join(f"{o['home']} {o['overhead_s'] * 1e6:+.2f} us ({o['median_s'] * 1e6:.2f} vs {o['best_native']})" for o in found),
             "failures": [o["home"] for o in found if o["overhead_s"] > limit],
         })  # fmt: skip
+    # (5) "fastest" <= 1.05 x the best engine measured alone (each in its own process)
+    checked = [r for r in report.get("fastest", []) if r.get("ratio") is not None]
+    if checked:
+        worst = max(checked, key=lambda r: r["ratio"])
+        fails = [r for r in checked if r["ratio"] > 1.05]
+        out.append({
+            "id": "5",
+            "target": "backend='fastest' <= 1.05 x the fastest single engine, each measured alone in its own process",
+            "status": "PASS" if not fails else "FAIL",
+            "measured": f"worst ratio {worst['ratio']:.3f} ({_fastest_point(worst)}); {len(checked) - len(fails)}/{len(checked)} points within 1.05",
+            "failures": [f"{r['ratio']:.3f} {_fastest_point(r)}" for r in sorted(fails, key=lambda r: -r["ratio"])],
+        })  # fmt: skip
     # (3) speed-ups at m = n = 1024, batch 4096, float32, A in C order
     m3, n3, b3, d3, l3 = TARGET3_POINT
     at = _at(rows, m=m3, n=n3, batch=b3, dtype=d3, layout=l3)
@@ -1088,6 +1105,11 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         ],
     })  # fmt: skip
     return out
+
+
+def _fastest_point(r: dict[str, Any]) -> str:
+    return (f"{r['home']} {r['m']}x{r['n']} batch {r['batch']}: chose {r['chosen']}, "
+            f"best alone {r['best_isolated']} {_fmt_time(r['isolated'][r['best_isolated']])}")  # fmt: skip
 
 
 def _pkey(r: dict[str, Any]) -> tuple[Any, ...]:
@@ -1169,6 +1191,19 @@ def print_report(report: dict[str, Any]) -> None:
         for o in report["overhead"]:
             t = "error" if o["median_s"] is None else f"{o['median_s'] * 1e6:8.2f} us  {o['overhead_s'] * 1e6:+7.2f} us"
             print(f"  {o['home']:<6} x {o['x_shape']:<8} {o['call']:<24} {t}")
+    if report.get("fastest"):
+        print("\nbackend='fastest' against each engine alone, each in its own process (float32, A in C order; median);"
+              "\n'in use': with a GEMM of the home library between calls, 'fastest' and the home library's engine:")  # fmt: skip
+        for r in report["fastest"]:
+            alone = ", ".join(f"{e} {_fmt_time(s)}" for e, s in sorted(r["isolated"].items(), key=lambda kv: kv[1]))
+            if r.get("fastest_s") is None:
+                print(f"  {r['home']:<6} {r['m']}x{r['n']} batch {r['batch']}: fastest failed ({r.get('error')}); alone: {alone}")
+                continue
+            between = r.get("between") or {}
+            use = (f"; in use: fastest {_fmt_time(between['fastest_s'])}, {r['home']} {_fmt_time(between['home_engine_s'])}"
+                   if between else "")  # fmt: skip
+            print(f"  {r['home']:<6} {r['m']}x{r['n']} batch {r['batch']}: fastest -> {r['chosen']} "
+                  f"{_fmt_time(r['fastest_s'])} ({r['ratio']:.2f}x the best alone); alone: {alone}{use}")  # fmt: skip
     print("\nTargets:")
     for t in report["targets"]:
         print(f"  [{t['status']:^4}] ({t['id']}) {t['target']}")

@@ -2,10 +2,21 @@
 its meaning, the one measured fastest for this kind of call.
 
 A kind of call is (result library, device, dtype, layout of A and x, shape bucket).  Each
-kind is measured once, in the process and thread-pool state it will run in, and the choice
-is cached in memory and, when ``BATCHMV_TUNE_CACHE`` names a file, on disk.  A cache file
-that is corrupt, of another format, or written on another machine or library set is
-ignored with a warning, never trusted.
+kind is measured once, in the state it will run in, and the choice is cached in memory
+and, when ``BATCHMV_TUNE_CACHE`` names a file, on disk.  A cache file that is corrupt, of
+another format, or written on another machine or library set is ignored with a warning,
+never trusted.
+
+The state it will run in: a program whose arrays belong to one library does that
+library's own work between its matvec calls.  On the CPU each library keeps its own thread
+pool, and the threads of one pool that wait for work by spinning take the cores from the
+other (measured on 2 cores: numpy's GEMM of 256 vectors by a 64x64 matrix took 4 ms
+right after a torch GEMM instead of 17 us alone, and a torch GEMM right after numpy's as
+long).  So each engine is timed with a GEMM of the
+home library (:data:`HOME_WORK` squared, float32) between its calls, and charged for the
+time that work loses to its pool; an engine of another library wins only where it stays
+faster with that cost counted.  This takes :data:`SETTLE_S` seconds and more per engine,
+once per kind of call.
 """
 
 from __future__ import annotations
@@ -88,6 +99,51 @@ def _save_disk() -> None:
     os.replace(tmp, path)
 
 
+#: The side of the square float32 GEMM of the home library run between timed calls (large
+#: enough that its library runs it on all of its threads).
+HOME_WORK = 192
+
+
+def _home_work(home: Any, x: Any) -> Any:
+    """A call that makes the home library use its CPU thread pool, or None (GPU arrays)."""
+    if home.device(x) != "cpu":
+        return None
+    import numpy as np
+
+    w = home.asarray(np.full((HOME_WORK, HOME_WORK), 0.5, np.float32))
+    return lambda: _wait(home.gemm(w, w))
+
+
+#: Seconds each engine first runs with the home library's work between its calls, before it
+#: is timed: by then the pools of the engines measured before it have stopped spinning (an
+#: idle OpenBLAS pool spins for about 0.1 s).
+SETTLE_S = 0.15
+
+
+def _time_in_use(run: Any, work: Any, budget: float = 0.05) -> float:
+    """Median seconds of a call and of the home library's ``work()`` that follows it, less
+    the median time of that work alone; measured after :data:`SETTLE_S` seconds of the
+    same rounds, for at least 3 rounds and then while ``budget`` seconds last."""
+    end = time.perf_counter() + SETTLE_S
+    while time.perf_counter() < end:
+        work()
+        _wait(run())
+    rounds: list[float] = []
+    alone: list[float] = []
+    started = time.perf_counter()
+    while len(rounds) < 3 or (len(rounds) < 1000 and time.perf_counter() - started < budget):
+        work()
+        t0 = time.perf_counter()
+        _wait(run())
+        work()
+        t1 = time.perf_counter()
+        work()
+        t2 = time.perf_counter()
+        rounds.append(t1 - t0)
+        alone.append(t2 - t1)
+    return max(statistics.median(rounds) - statistics.median(alone), 0.0)
+
+
 def _time(run: Any) -> float:
     """Median seconds of ``run()`` after one warm-up call (at least 3 runs or 20 ms)."""
     _wait(run())
@@ -124,13 +180,16 @@ def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
         return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
     times: dict[str, float] = {}
     refused: dict[str, str] = {}
+    calls = {}
     for name in _registry.available_backends():
         try:
-            call = _driver.build(a, x, axis, None, name, False)
+            calls[name] = _driver.build(a, x, axis, None, name, False)
         except (CopyRequiredError, TypeError, ValueError, ImportError) as err:
             refused[name] = type(err).__name__
-            continue
-        times[name] = _time(lambda call=call: _driver.execute(call))
+    work = _home_work(home, x) if len(calls) > 1 else None
+    for name, call in calls.items():
+        run = lambda call=call: _driver.execute(call)  # noqa: E731
+        times[name] = _time(run) if work is None else _time_in_use(run, work)
     if not times:
         return home.name, f"fastest: no engine takes this call without a copy ({refused}); using {home.name}"
     best = min(times, key=times.__getitem__)
@@ -138,7 +197,8 @@ def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
         _choices[key] = {"engine": best, "times": times}
         _save_disk()
     skipped = f"; not eligible: {refused}" if refused else ""
-    return best, f"fastest: {best} (measured {_show(times)} for {key}{skipped})"
+    state = f", each with {home.name}'s own work between calls" if work is not None else ""
+    return best, f"fastest: {best} (measured {_show(times)}{state} for {key}{skipped})"
 
 
 def _show(times: dict[str, float]) -> str:

@@ -112,3 +112,34 @@ def test_targets_pass_and_fail():
     # numpy.matvec 2.08x, bcast 50x, torch loop 5x on the medians but 9x timed alternately: PASS; no numpy loop
     assert sorted(by_id["3"]) == ["PASS", "PASS", "PASS", "n/a"]
     assert by_id["4"] == ["FAIL"]  # numpy at 72 % of its peak (torch at 95 %)
+
+
+def test_fastest_and_one_engine_each_time_in_their_own_process():
+    """The children of the "fastest" section: a real process per engine, real timings."""
+    import types
+
+    from batchmv import _isolation
+
+    config = types.SimpleNamespace(min_time=0.005, threads=1, quick=True)
+    alone = _isolation._child("numpy", "numpy", ((16, 16, 8), (32, 16, 4)), config)
+    assert [row["chosen"] for row in alone] == ["numpy", "numpy"] and all(row["median_s"] > 0 for row in alone)
+    (fast,) = _isolation._child("numpy", "fastest", ((16, 16, 8),), config)
+    assert "error" not in fast, fast
+    assert fast["median_s"] > 0 and fast["note"].startswith(f"fastest: {fast['chosen']}")
+    assert "numpy's own work between calls" in fast["note"] or fast["chosen"] == "numpy"
+    assert set(fast["between"]) == {"home_engine_s", "fastest_s", "work_alone_s"}
+    broken = _isolation._child("numpy", "no-such-engine", ((16, 16, 8),), config)
+    assert "unknown backend" in broken[0]["error"]
+
+
+def test_the_fastest_target_compares_with_the_best_engine_alone():
+    def row(ratio_numpy: float) -> dict:
+        isolated = {"numpy": 1e-3 * ratio_numpy, "torch": 1e-3}
+        return {"home": "torch", "m": 64, "n": 64, "batch": 256, "isolated": isolated, "best_isolated": "torch",
+                "fastest_s": 1e-3 * ratio_numpy, "chosen": "numpy", "ratio": ratio_numpy}  # fmt: skip
+
+    for ratios, status in (((1.0, 1.04), "PASS"), ((1.0, 1.3), "FAIL")):
+        report = {"results": [], "overhead": [], "approaches": [], "fastest": [row(r) for r in ratios]}
+        (found,) = [t for t in _bench.targets(report) if t["id"] == "5"]
+        assert found["status"] == status, found
+        assert found["measured"].startswith(f"worst ratio {max(ratios):.3f}")
