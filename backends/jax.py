@@ -319,7 +319,7 @@ class JaxEngine:
     def transform_matvec(self, a: Any, x: Any, axis: int) -> Any:
         """``y = moveaxis(dot_general(x, A), -1, axis)``: one dot on A as given."""
         y = _matvec(a, x, axis)
-        if not _is_tracer(y) and any(self._wraps_foreign(arr) for arr in (a, x)):
+        if self._foreign and not _is_tracer(y) and (self._wraps_foreign(a) or self._wraps_foreign(x)):
             # JAX dispatches asynchronously; another library owns this memory and may
             # write to it as soon as matvec returns, so wait until the dot has read it.
             y.block_until_ready()

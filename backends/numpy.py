@@ -19,6 +19,7 @@ _MATMUL_KINDS = frozenset("biufc")
 #: Results are allocated at this alignment, so that libraries that wrap only aligned
 #: memory (JAX's CPU client needs 64 bytes) can share them without a copy.
 RESULT_ALIGNMENT = 64
+_matmul = np.matmul
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
@@ -143,7 +144,7 @@ class NumpyEngine:
         return aligned_empty(shape, dtype)
 
     def gemm(self, x2: np.ndarray, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return np.matmul(x2, a.T, out=out)
+        return _matmul(x2, a.T) if out is None else _matmul(x2, a.T, out=out)
 
     def stack(self, parts: list, shape: tuple[int, ...]) -> np.ndarray:
         return np.stack(parts).reshape(shape)
