@@ -129,10 +129,11 @@ def child(spec_text: str) -> None:
                     work = _tune._home_work(home_engine, X)
                     budget = max(spec["min_time"], 0.05)
                     own = lambda: batchmv.matvec(A, X, backend=home)  # noqa: E731
+                    alone = _tune._time(work)
                     row["between"] = {
-                        "home_engine_s": _tune._time_in_use(own, work, budget),
-                        "fastest_s": _tune._time_in_use(call, work, budget),
-                        "work_alone_s": _tune._time(work),
+                        "home_engine_s": _tune._time_in_use(own, work, budget) - alone,
+                        "fastest_s": _tune._time_in_use(call, work, budget) - alone,
+                        "work_alone_s": alone,
                     }
             except Exception as err:  # noqa: BLE001 - reported in the table
                 row["error"] = f"{type(err).__name__}: {err}"

@@ -12,10 +12,10 @@ library's own work between its matvec calls.  On the CPU each library keeps its 
 pool, and the threads of one pool that wait for work by spinning take the cores from the
 other (measured on 2 cores: numpy's GEMM of 256 vectors by a 64x64 matrix took 4 ms
 right after a torch GEMM instead of 17 us alone, and a torch GEMM right after numpy's as
-long).  So each engine is timed with a GEMM of the
-home library (:data:`HOME_WORK` squared, float32) between its calls, and charged for the
-time that work loses to its pool; an engine of another library wins only where it stays
-faster with that cost counted.  This takes :data:`SETTLE_S` seconds and more per engine,
+long).  So each engine is timed in rounds of a GEMM
+of the home library (:data:`HOME_WORK` squared, float32) and a call, and charged for the
+round less the GEMM alone: what the two pools cost each other is counted, and an engine of
+another library wins only where it stays faster with that cost.  This takes :data:`SETTLE_S` seconds and more per engine,
 once per kind of call.
 """
 
@@ -121,27 +121,22 @@ SETTLE_S = 0.15
 
 
 def _time_in_use(run: Any, work: Any, budget: float = 0.05) -> float:
-    """Median seconds of a call and of the home library's ``work()`` that follows it, less
-    the median time of that work alone; measured after :data:`SETTLE_S` seconds of the
-    same rounds, for at least 3 rounds and then while ``budget`` seconds last."""
+    """Median seconds of a round of the home library's ``work()`` followed by a call, once
+    such rounds have run for :data:`SETTLE_S` seconds: at least 3 rounds, then more while
+    ``budget`` seconds last.  A round counts both ways the two pools meet: the work right
+    after the previous call, and the call right after the work."""
     end = time.perf_counter() + SETTLE_S
     while time.perf_counter() < end:
         work()
         _wait(run())
     rounds: list[float] = []
-    alone: list[float] = []
     started = time.perf_counter()
     while len(rounds) < 3 or (len(rounds) < 1000 and time.perf_counter() - started < budget):
-        work()
         t0 = time.perf_counter()
+        work()
         _wait(run())
-        work()
-        t1 = time.perf_counter()
-        work()
-        t2 = time.perf_counter()
-        rounds.append(t1 - t0)
-        alone.append(t2 - t1)
-    return max(statistics.median(rounds) - statistics.median(alone), 0.0)
+        rounds.append(time.perf_counter() - t0)
+    return statistics.median(rounds)
 
 
 def _time(run: Any) -> float:
@@ -187,9 +182,10 @@ def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
         except (CopyRequiredError, TypeError, ValueError, ImportError) as err:
             refused[name] = type(err).__name__
     work = _home_work(home, x) if len(calls) > 1 else None
+    work_alone = _time(work) if work is not None else 0.0
     for name, call in calls.items():
         run = lambda call=call: _driver.execute(call)  # noqa: E731
-        times[name] = _time(run) if work is None else _time_in_use(run, work)
+        times[name] = _time(run) if work is None else max(_time_in_use(run, work) - work_alone, 0.0)
     if not times:
         return home.name, f"fastest: no engine takes this call without a copy ({refused}); using {home.name}"
     best = min(times, key=times.__getitem__)

@@ -173,3 +173,24 @@ def test_memory_is_bounded(rng, monkeypatch):
     for rows in range(1, _cache.MAX_CALLS + 40):
         batchmv.matvec(a, np.ones((rows, 4)))
     assert 0 < len(_cache._runners) <= _cache.MAX_CALLS
+
+
+@pytest.mark.parametrize("lib", support.lib_params())
+def test_remembered_calls_keep_no_array_alive(rng, lib):
+    import gc
+    import weakref
+
+    a = support.to_lib(support.random_values(rng, (24, 16), "float64"), lib)
+    x = support.to_lib(support.random_values(rng, (7, 16), "float64"), lib)
+    for _ in range(2):
+        y = batchmv.matvec(a, x)
+    op = batchmv.prepare(a)
+    op(x)
+    op(x)
+    refs = [weakref.ref(v) for v in (a, x, y)]
+    del a, x, y
+    gc.collect()
+    assert [r() for r in refs[1:]] == [None, None]  # x and y are gone (op still holds A)
+    del op
+    gc.collect()
+    assert refs[0]() is None
