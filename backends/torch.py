@@ -110,10 +110,10 @@ class TorchEngine:
         try:
             return (
                 torch.is_grad_enabled(),
-                a.shape, a.stride(), a.dtype, a.device, a.requires_grad, a.is_conj(), a.is_neg(),
-                x.shape, x.stride(), x.dtype, x.device, x.requires_grad, x.is_conj(), x.is_neg(),
+                a.layout, a.shape, a.stride(), a.dtype, a.device, a.requires_grad, a.is_conj(), a.is_neg(),
+                x.layout, x.shape, x.stride(), x.dtype, x.device, x.requires_grad, x.is_conj(), x.is_neg(),
             )  # fmt: skip
-        except RuntimeError:  # no strides (sparse, mkldnn): the full checks say what to do
+        except RuntimeError:  # no strides (sparse CSR): the full checks say what to do
             return None
 
     def must_copy(self, a: torch.Tensor) -> Optional[str]:

@@ -28,12 +28,15 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any) -> tuple | None:
     None when the call is not one to remember."""
     kind_a, kind_x = type(a), type(x)
     engine = _registry.engine_of_types(kind_a, kind_x)
-    if engine is None or type(axis) is not int:
-        return None
+    if engine is None or type(axis) is not int or not (copy is None or copy is False):
+        return None  # (values equal to 0 or False that are not False: the checks refuse them)
     signature = engine.signature(a, x)
     if signature is None:
         return None
-    return (kind_a, kind_x, signature, axis, backend, copy, _select.settings())
+    settings = _select.settings(backend)
+    if settings is None:
+        return None
+    return (kind_a, kind_x, signature, axis, backend, copy, settings)
 
 
 def lookup(key: tuple) -> Callable[[Any, Any], Any] | None:

@@ -75,10 +75,16 @@ def requested(backend: str | None) -> str:
     return _from_environment() or "auto"
 
 
-def settings() -> tuple:
-    """The settings that a call without ``backend=`` depends on (context, environment), as a
-    value that changes whenever the rules above could give another answer."""
-    return (_context.get(), _environment())
+def settings(backend: object) -> tuple | None:
+    """What the engine of a call with this ``backend=`` argument depends on besides it, as a
+    value that changes whenever the rules above could give another answer: nothing when
+    ``backend`` is given; else the context and the environment, or None while
+    ``BATCHMV_BACKEND`` has not been read yet (it is read when a call first needs it)."""
+    if backend is not None:
+        return ()
+    if _env_value is _UNREAD:
+        return None
+    return (_context.get(), _env_value)
 
 
 #: Python objects that go through ``numpy.asarray`` (sequences and scalars).

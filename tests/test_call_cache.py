@@ -10,7 +10,7 @@ import pytest
 
 import batchmv
 import support
-from batchmv import _cache, _driver, _registry
+from batchmv import _cache, _driver, _registry, _select
 
 
 @pytest.fixture
@@ -25,6 +25,7 @@ def builds(monkeypatch):
 
     monkeypatch.setattr(_driver, "build", counting)
     monkeypatch.setattr(_cache, "_runners", {})
+    _select._environment()  # BATCHMV_BACKEND read, as after a process's first call
     return count
 
 
@@ -76,6 +77,21 @@ def test_argument_checks_are_never_skipped(rng, builds):
         batchmv.matvec(a, x, axis=0, backend="nope")
     with pytest.raises(TypeError, match="backend must be a string"):
         batchmv.matvec(a, x, axis=0, backend=["numpy"])  # unhashable: no look-up, the checks say
+    batchmv.matvec(a, x, axis=0, copy=False)
+    batchmv.matvec(a, x, axis=0, copy=False)
+    for almost_false in (0, 0.0, np.False_):  # equal to False, and refused by the checks
+        with pytest.raises(ValueError, match="copy must be None"):
+            batchmv.matvec(a, x, axis=0, copy=almost_false)
+
+
+def test_the_environment_is_read_when_a_call_first_needs_it(rng, fresh_selection, monkeypatch):
+    a = support.random_values(rng, (24, 16), "float64")
+    x = support.random_values(rng, (7, 16), "float64")
+    for _ in range(2):
+        batchmv.matvec(a, x, backend="numpy")  # an explicit engine: BATCHMV_BACKEND not needed
+    monkeypatch.setenv("BATCHMV_BACKEND", "nope")
+    with pytest.raises(ValueError, match="BATCHMV_BACKEND"):
+        batchmv.matvec(a, x)
 
 
 @pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
@@ -143,6 +159,20 @@ def test_torch_grad_state_and_lazy_bits_are_part_of_the_key(rng):
         assert not batchmv.matvec(a, x).requires_grad
     with pytest.raises(TypeError, match="requires grad"):
         batchmv.matvec(a, x, backend="numpy")
+
+
+def test_torch_layouts_are_part_of_the_key():
+    support.need("torch")
+    import torch
+
+    a = torch.randn(5, 1)
+    dense = torch.ones(1).as_strided((1, 1), (0, 0))  # the strides a sparse COO tensor reports
+    for _ in range(2):
+        batchmv.matvec(a, dense)
+    sparse = torch.ones(1, 1).to_sparse()
+    assert sparse.stride() == dense.stride()
+    with pytest.raises(TypeError, match="sparse"):
+        batchmv.matvec(a, sparse)
 
 
 def test_threads_share_the_memory_safely(rng):
