@@ -183,9 +183,9 @@ def build(a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object
             for label, arr in (("A", a_e), ("x", x_e))
             if engine.dtype_of(arr) != dtype
         ]
-        if casts and not allow_copy:
-            raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(casts))
         copies.extend(casts)
+        if copies and not allow_copy:  # casts, or an out= the engine cannot write
+            raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(copies))
         return Call(home, engine, a_e, x_e, out, None, ax, dtype, y_shape, None, tracks, tuple(copies), tuple(notes))
 
     a_cast = _cast_reason(engine, a_e, "A", dtype)

@@ -264,6 +264,14 @@ def test_compiled_program_positive_controls():
 # ---------------------------------------------------------------------------------------
 # refusals
 # ---------------------------------------------------------------------------------------
+def _aligned_float32(arr: np.ndarray) -> np.ndarray:
+    from batchmv.backends.numpy import aligned_empty
+
+    copy = aligned_empty(arr.shape, np.float32)
+    np.copyto(copy, arr, casting="same_kind")
+    return copy
+
+
 def test_out_is_refused(mats):
     A, x, a, xv = mats
     with pytest.raises(TypeError, match="immutable"):
@@ -272,7 +280,7 @@ def test_out_is_refused(mats):
         batchmv.plan(A, x, out=jnp.zeros((7, 3), F32))
     # numpy's out, computed by jax: jax cannot write into it, so the result is copied into
     # it (reported by plan), and copy=False refuses before computing
-    a32, x32 = a.astype(np.float32), xv.astype(np.float32)
+    a32, x32 = _aligned_float32(a), _aligned_float32(xv)  # jax shares them: only out needs a copy
     out = np.zeros((7, 3), np.float32)
     copies = batchmv.plan(a32, x32, out=out, backend="jax").copies
     assert any(c.startswith("out: ") and "immutable" in c for c in copies)

@@ -145,3 +145,21 @@ def test_prepared_operator_keeps_a_bounded_number_of_schedules(rng):
         x = support.random_values(rng, (rows, 16), "float64")
         np.testing.assert_allclose(op(x), x @ a.T, rtol=1e-12)
     assert 0 < len(op._runners) <= batchmv._operator._MAX_LAYOUTS
+
+
+@pytest.mark.parametrize(("torch_time", "chosen"), [(0.99, "numpy"), (0.9, "torch"), (1.5, "numpy")])
+def test_fastest_keeps_the_home_engine_unless_another_is_clearly_faster(rng, monkeypatch, torch_time, chosen):
+    """The decision rule on given timings (seconds per round of home work and call): the
+    home library's engine is kept within HOME_MARGIN; the times shown are net of the work."""
+    support.need("torch")
+    tune = batchmv._tune
+    monkeypatch.delenv("BATCHMV_TUNE_CACHE", raising=False)
+    monkeypatch.setattr(tune, "_choices", {})
+    monkeypatch.setattr(tune, "_disk_loaded", True)
+    rounds = {"numpy": 1.0, "torch": torch_time, "jax": 2.0, "cupy": 2.0}
+    monkeypatch.setattr(tune, "_time_in_use", lambda run, work, budget=0.05: rounds[run.__defaults__[0].engine.name])
+    monkeypatch.setattr(tune, "_time", lambda run: 0.25)  # the home library's work alone
+    a, x = _problem(rng, "numpy", dtype="float32", m=8, n=8, batch=(4,))
+    plan = batchmv.plan(a, x, backend="fastest")
+    assert plan.backend == chosen
+    assert "numpy 750 ms" in plan.notes[0] and f"torch {(torch_time - 0.25) * 1e3:.3g} ms" in plan.notes[0]
