@@ -12,11 +12,13 @@ library's own work between its matvec calls.  On the CPU each library keeps its 
 pool, and the threads of one pool that wait for work by spinning take the cores from the
 other (measured on 2 cores: numpy's GEMM of 256 vectors by a 64x64 matrix took 4 ms
 right after a torch GEMM instead of 17 us alone, and a torch GEMM right after numpy's as
-long).  So each engine is timed in rounds of a GEMM
-of the home library (:data:`HOME_WORK` squared, float32) and a call, and charged for the
-round less the GEMM alone: what the two pools cost each other is counted, and an engine of
-another library wins only where it stays faster with that cost.  This takes :data:`SETTLE_S` seconds and more per engine,
-once per kind of call.
+long).  So each engine is timed in rounds of a GEMM of the home library (:data:`HOME_WORK`
+squared, float32) and a call, and the engines are compared on the time of a round: what the
+two pools cost each other is counted.  The home library's engine is kept unless another is
+faster by more than :data:`HOME_MARGIN`.  This takes :data:`SETTLE_S` seconds and more per
+engine, once per kind of call; the times the notes show are a round less the GEMM alone.
+With several threads per pool the interference is erratic, and a choice measured once can
+fail to hold (README, "Benchmarks and targets").
 """
 
 from __future__ import annotations
