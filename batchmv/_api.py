@@ -47,13 +47,12 @@ def matvec(
     """
     key = _cache.key(A, x, axis, backend, copy) if out is None else None
     if key is not None:
-        run = _cache.lookup(key)
+        run = _cache.calls.lookup(key)
         if run is not None:
             return run(A, x)
     call = _driver.build(A, x, axis, out, backend, copy)
-    if key is not None:
-        _cache.remember(key, call, A, x)
-    return _driver.execute(call)
+    run = _cache.calls.remember(key, call, A, x) if key is not None else None
+    return run(A, x) if run is not None else _driver.execute(call)
 
 
 def plan(

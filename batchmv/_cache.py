@@ -16,11 +16,46 @@ from typing import Any
 
 from . import _driver, _registry, _select
 
-#: Calls remembered, at most; beyond, the memory starts over (a program with that many
-#: kinds of call gains little from the cache).
+#: Calls ``matvec`` remembers, at most; beyond, the memory starts over (a program with that
+#: many kinds of call gains little from it).
 MAX_CALLS = 256
 
-_runners: dict[tuple, Callable[[Any, Any], Any]] = {}
+
+class Runners:
+    """Remembered ``run(A, x)`` functions under their keys, at most ``limit`` of them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._runs: dict[tuple, Callable[[Any, Any], Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    def lookup(self, key: tuple) -> Callable[[Any, Any], Any] | None:
+        """The remembered ``run(A, x)`` for ``key``, or None."""
+        try:
+            return self._runs.get(key)
+        except TypeError:  # an unhashable argument (backend): the full checks will say
+            return None
+
+    def remember(self, key: tuple, call: Any, a: Any, x: Any) -> Callable[[Any, Any], Any] | None:
+        """Remember how ``call``, built from ``a`` and ``x`` for ``key``, runs, and return
+        that ``run``: when it is a call to remember and it computes on ``a`` and ``x``
+        themselves (not on conversions of them, such as the plain ndarray numpy makes of a
+        subclass).  None otherwise."""
+        if not isinstance(call, _driver.Call) or call.a is not a or call.x is not x:
+            return None
+        run = _driver.runner(call)
+        if run is None:
+            return None
+        if len(self._runs) >= self.limit:
+            self._runs.clear()
+        self._runs[key] = run
+        return run
+
+
+#: What ``matvec`` remembers (prepared operators keep their own).
+calls = Runners(MAX_CALLS)
 
 
 def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any) -> tuple | None:
@@ -37,25 +72,3 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any) -> tuple | None:
     if settings is None:
         return None
     return (kind_a, kind_x, signature, axis, backend, copy, settings)
-
-
-def lookup(key: tuple) -> Callable[[Any, Any], Any] | None:
-    """The remembered ``run(A, x)`` for ``key``, or None."""
-    try:
-        return _runners.get(key)
-    except TypeError:  # an unhashable argument (backend, copy): the full checks will say
-        return None
-
-
-def remember(key: tuple, call: Any, a: Any, x: Any) -> None:
-    """Remember how ``call``, built from ``a`` and ``x`` for ``key``, runs: when it is a call
-    to remember and it computes on ``a`` and ``x`` themselves (not on conversions of them,
-    such as the plain ndarray numpy makes of a subclass)."""
-    if not isinstance(call, _driver.Call) or call.a is not a or call.x is not x:
-        return
-    run = _driver.runner(call)
-    if run is None:
-        return
-    if len(_runners) >= MAX_CALLS:
-        _runners.clear()
-    _runners[key] = run

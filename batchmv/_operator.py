@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Optional
 
-from . import _driver, _registry, _select
+from . import _cache, _driver, _registry, _select
 from ._plan import Plan
 
 #: Kinds of call (layouts of x) a prepared operator remembers, at most.
@@ -38,7 +37,7 @@ class MatVec:
         self.copy = copy
         self._engine = engine
         self._shared = a_h if engine is home else _driver.share(engine, a_h, home, "A", copy is None, [])
-        self._runners: dict[tuple, Callable[[Any, Any], Any]] = {}
+        self._runners = _cache.Runners(_MAX_LAYOUTS)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -56,17 +55,12 @@ class MatVec:
             signature = engine.signature(shared, x)
             if signature is not None:
                 key = (type(x), signature, axis)
-                run = self._runners.get(key)
+                run = self._runners.lookup(key)
                 if run is not None:
                     return run(shared, x)
         call = self._build(x, axis, out)
-        if key is not None and isinstance(call, _driver.Call) and call.x is x:
-            run = _driver.runner(call)
-            if run is not None:
-                if len(self._runners) >= _MAX_LAYOUTS:  # many shapes: keep memory bounded
-                    self._runners.clear()
-                self._runners[key] = run
-        return _driver.execute(call)
+        run = self._runners.remember(key, call, shared, x) if key is not None else None
+        return run(shared, x) if run is not None else _driver.execute(call)
 
     def plan(self, x: Any, *, axis: int = -1, out: Any = None) -> Plan:
         """What ``self(x, axis=axis, out=out)`` does, computing nothing."""

@@ -24,7 +24,7 @@ def builds(monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(_driver, "build", counting)
-    monkeypatch.setattr(_cache, "_runners", {})
+    monkeypatch.setattr(_cache, "calls", _cache.Runners(_cache.MAX_CALLS))
     _select._environment()  # BATCHMV_BACKEND read, as after a process's first call
     return count
 
@@ -198,11 +198,11 @@ def test_threads_share_the_memory_safely(rng):
 
 
 def test_memory_is_bounded(rng, monkeypatch):
-    monkeypatch.setattr(_cache, "_runners", {})
+    monkeypatch.setattr(_cache, "calls", _cache.Runners(_cache.MAX_CALLS))
     a = support.random_values(rng, (8, 4), "float64")
     for rows in range(1, _cache.MAX_CALLS + 40):
         batchmv.matvec(a, np.ones((rows, 4)))
-    assert 0 < len(_cache._runners) <= _cache.MAX_CALLS
+    assert 0 < len(_cache.calls) <= _cache.MAX_CALLS
 
 
 @pytest.mark.parametrize("lib", support.lib_params())
