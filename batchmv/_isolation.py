@@ -105,7 +105,7 @@ def child(spec_text: str) -> None:
 
     import batchmv
 
-    from . import _bench, _registry, _tune
+    from . import _bench, _registry, _timing, _tune
 
     spec = json.loads(spec_text)
     home, backend, threads = spec["home"], spec["backend"], spec["threads"]
@@ -132,13 +132,13 @@ def child(spec_text: str) -> None:
                 row["chosen"] = plan.backend
                 if backend == "fastest":
                     row["note"] = plan.notes[0] if plan.notes else None
-                    work = _tune._home_work(home_engine, X)
+                    work = _tune.home_work(home_engine, X)
                     budget = max(spec["min_time"], 0.05)
                     own = lambda: batchmv.matvec(A, X, backend=home)  # noqa: E731
-                    alone = _tune._time(work)
+                    alone = _timing.median_seconds(work)
                     row["between"] = {
-                        "home_engine_s": max(_tune._time_in_use(own, work, budget) - alone, 0.0),
-                        "fastest_s": max(_tune._time_in_use(call, work, budget) - alone, 0.0),
+                        "home_engine_s": max(_timing.rounds_in_use(own, work, budget) - alone, 0.0),
+                        "fastest_s": max(_timing.rounds_in_use(call, work, budget) - alone, 0.0),
                         "work_alone_s": alone,
                     }
             except Exception as err:  # noqa: BLE001 - reported in the table

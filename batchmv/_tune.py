@@ -27,14 +27,11 @@ import json
 import math
 import os
 import platform
-import statistics
-import sys
 import threading
-import time
 import warnings
 from typing import Any
 
-from . import _registry
+from . import _registry, _timing
 
 CACHE_ENV = "BATCHMV_TUNE_CACHE"
 _FORMAT = "batchmv-tune-1"
@@ -110,61 +107,14 @@ HOME_MARGIN = 0.02
 HOME_WORK = 192
 
 
-def _home_work(home: Any, x: Any) -> Any:
+def home_work(home: Any, x: Any) -> Any:
     """A call that makes the home library use its CPU thread pool, or None (GPU arrays)."""
     if home.device(x) != "cpu":
         return None
     import numpy as np
 
     w = home.asarray(np.full((HOME_WORK, HOME_WORK), 0.5, np.float32))
-    return lambda: _wait(home.gemm(w, w))
-
-
-#: Seconds each engine first runs with the home library's work between its calls, before it
-#: is timed: by then the pools of the engines measured before it have stopped spinning (an
-#: idle OpenBLAS pool spins for about 0.1 s).
-SETTLE_S = 0.15
-
-
-def _time_in_use(run: Any, work: Any, budget: float = 0.05) -> float:
-    """Median seconds of a round of the home library's ``work()`` followed by a call, once
-    such rounds have run for :data:`SETTLE_S` seconds: at least 3 rounds, then more while
-    ``budget`` seconds last.  A round counts both ways the two pools meet: the work right
-    after the previous call, and the call right after the work."""
-    end = time.perf_counter() + SETTLE_S
-    while time.perf_counter() < end:
-        work()
-        _wait(run())
-    rounds: list[float] = []
-    started = time.perf_counter()
-    while len(rounds) < 3 or (len(rounds) < 1000 and time.perf_counter() - started < budget):
-        t0 = time.perf_counter()
-        work()
-        _wait(run())
-        rounds.append(time.perf_counter() - t0)
-    return statistics.median(rounds)
-
-
-def _time(run: Any) -> float:
-    """Median seconds of ``run()`` after one warm-up call (at least 3 runs or 20 ms)."""
-    _wait(run())
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < 3 or (len(times) < 15 and time.perf_counter() - started < 0.02):
-        t0 = time.perf_counter()
-        _wait(run())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _wait(y: Any) -> None:
-    """Wait until ``y`` is computed (jax dispatches asynchronously; GPUs run on streams)."""
-    if hasattr(y, "block_until_ready"):
-        y.block_until_ready()
-    elif getattr(y, "is_cuda", False) is True:  # a torch CUDA tensor
-        sys.modules["torch"].cuda.synchronize(y.device)
-    elif type(y).__module__.split(".")[0] == "cupy":
-        y.device.synchronize()
+    return lambda: _timing.wait(home.gemm(w, w))
 
 
 def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
@@ -187,11 +137,11 @@ def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
             calls[name] = _driver.build(a, x, axis, None, name, False)
         except (CopyRequiredError, TypeError, ValueError, ImportError) as err:
             refused[name] = type(err).__name__
-    work = _home_work(home, x) if len(calls) > 1 else None
-    work_alone = _time(work) if work is not None else 0.0
+    work = home_work(home, x) if len(calls) > 1 else None
+    work_alone = _timing.median_seconds(work) if work is not None else 0.0
     for name, call in calls.items():  # seconds per call, or per round of work and call
         run = lambda call=call: _driver.execute(call)  # noqa: E731
-        times[name] = _time(run) if work is None else _time_in_use(run, work)
+        times[name] = _timing.median_seconds(run) if work is None else _timing.rounds_in_use(run, work)
     if not times:
         return home.name, f"fastest: no engine takes this call without a copy ({refused}); using {home.name}"
     best = min(times, key=times.__getitem__)

@@ -157,8 +157,9 @@ def test_fastest_keeps_the_home_engine_unless_another_is_clearly_faster(rng, mon
     monkeypatch.setattr(tune, "_choices", {})
     monkeypatch.setattr(tune, "_disk_loaded", True)
     rounds = {"numpy": 1.0, "torch": torch_time, "jax": 2.0, "cupy": 2.0}
-    monkeypatch.setattr(tune, "_time_in_use", lambda run, work, budget=0.05: rounds[run.__defaults__[0].engine.name])
-    monkeypatch.setattr(tune, "_time", lambda run: 0.25)  # the home library's work alone
+    timing = batchmv._timing
+    monkeypatch.setattr(timing, "rounds_in_use", lambda run, work, budget_s=0.05: rounds[run.__defaults__[0].engine.name])
+    monkeypatch.setattr(timing, "median_seconds", lambda run, **_: 0.25)  # the home library's work alone
     a, x = _problem(rng, "numpy", dtype="float32", m=8, n=8, batch=(4,))
     plan = batchmv.plan(a, x, backend="fastest")
     assert plan.backend == chosen
