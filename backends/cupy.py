@@ -42,7 +42,8 @@ from typing import Any, Optional
 import cupy
 import numpy as np
 
-from .._driver import dlpack_device
+from .._checks import dlpack_device, require_copy
+from .._engine import StridedEngine
 from .._errors import CopyRequiredError
 from .._layout import CUBLAS_INT_MAX, cublas_args
 
@@ -93,27 +94,12 @@ def _element_strides(a: cupy.ndarray) -> tuple[int, ...]:
     return tuple(s // a.itemsize for s in a.strides)
 
 
-class CupyEngine:
+class CupyEngine(StridedEngine):
     name = "cupy"
-    transform_kernel = "gemm"
-    transform_note = "cupy has no transforms"
 
     # -- questions about native arrays ------------------------------------------------
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, cupy.ndarray)
-
-    def shape(self, a: cupy.ndarray) -> tuple[int, ...]:
-        return tuple(a.shape)
-
-    def strides(self, a: cupy.ndarray) -> tuple[Optional[int], ...]:
-        size = a.itemsize
-        return tuple(s // size if s % size == 0 else None for s in a.strides)
-
-    def dtype_name(self, a: cupy.ndarray) -> str:
-        return str(a.dtype)
-
-    def itemsize(self, a: cupy.ndarray) -> int:
-        return a.itemsize
 
     def device(self, a: cupy.ndarray) -> str:
         return f"cuda:{a.device.id}"
@@ -123,14 +109,8 @@ class CupyEngine:
         base = getattr(a.data.mem, "ptr", ptr)
         return ptr, ptr - base
 
-    def is_writable(self, a: cupy.ndarray) -> bool:
-        return True  # cupy arrays have no read-only flag
-
     def needs_blas_layout(self, dtype: np.dtype) -> bool:
         return np.dtype(dtype).char in _CUBLAS_CHARS  # the strided kernel reads any strides
-
-    def dtype_of(self, a: cupy.ndarray) -> np.dtype:
-        return a.dtype
 
     def result_dtype(self, a: cupy.ndarray, x: cupy.ndarray) -> np.dtype:
         return np.result_type(a.dtype, x.dtype)
@@ -140,20 +120,11 @@ class CupyEngine:
         if dtype.char not in _CUBLAS_CHARS and (dtype.kind, dtype.itemsize) not in _C_TYPES:
             raise TypeError(f"the cupy engine cannot multiply arrays of dtype {dtype}")
 
-    def tracks_graph(self, *arrays: Any) -> bool:
-        return False
-
-    def in_transform(self, *arrays: Any) -> bool:
-        return False
-
     def signature(self, a: cupy.ndarray, x: cupy.ndarray) -> Optional[tuple]:
         return (a.shape, a.strides, a.dtype, a.device.id, x.shape, x.strides, x.dtype, x.device.id)
 
-    def must_copy(self, a: cupy.ndarray) -> Optional[str]:
-        return None
-
     # -- crossing libraries ------------------------------------------------------------
-    def adopt(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[cupy.ndarray, Optional[str]]:
+    def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[cupy.ndarray, Optional[str]]:
         """``obj`` (on a CUDA device) as a cupy array sharing its memory, imported with
         ``cupy.from_dlpack`` (which hands CuPy's current stream to the producer)."""
         kind = type(obj).__module__.split(".")[0]
@@ -172,8 +143,7 @@ class CupyEngine:
                 if writable:
                     raise CopyRequiredError("a torch out tensor with a lazy conjugate/negative bit cannot be shared with cupy")
                 reason = "torch tensor with a lazy conjugate/negative bit cannot be exported, resolved into a copy"
-                if not allow_copy:
-                    raise CopyRequiredError(reason)
+                require_copy(reason, allow_copy)
                 obj = obj.resolve_conj().resolve_neg()
             source_ptr = obj.data_ptr() if obj.numel() else None
         elif kind in ("jax", "jaxlib"):
@@ -191,29 +161,14 @@ class CupyEngine:
                 raise CopyRequiredError(reason)
         return arr, reason
 
-    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[cupy.ndarray, Optional[str]]:
-        return self.adopt(obj, allow_copy=allow_copy, writable=writable)
-
-    def export_refusal(self, a: cupy.ndarray) -> Optional[str]:
-        return None
-
     # -- primitives ---------------------------------------------------------------------
     def asarray(self, obj: Any) -> cupy.ndarray:
         return obj  # only cupy arrays get here (the driver adopts everything else)
-
-    def permute(self, a: cupy.ndarray, axes: tuple[int, ...]) -> cupy.ndarray:
-        return a.transpose(axes)
 
     def view(self, a: cupy.ndarray, shape: tuple[int, ...]) -> cupy.ndarray:
         v = a.view()
         v.shape = shape  # never copies: raises when the strides cannot express ``shape``
         return v
-
-    def take_first(self, a: cupy.ndarray, axes: tuple[int, ...]) -> cupy.ndarray:
-        return a[tuple(slice(0, 1) if i in axes else slice(None) for i in range(a.ndim))]
-
-    def astype(self, a: cupy.ndarray, dtype: Any) -> cupy.ndarray:
-        return a.astype(dtype)
 
     def vectors_last_copy(self, a: cupy.ndarray, axis: int, dtype: Any) -> cupy.ndarray:
         with a.device:
@@ -259,8 +214,6 @@ class CupyEngine:
         with a.device:
             return cupy.broadcast_to(a, shape).copy()
 
-    def transform_matvec(self, a: cupy.ndarray, x: cupy.ndarray, axis: int) -> cupy.ndarray:
-        raise AssertionError("cupy has no transforms")  # in_transform is always False
 
 
 def _cublas_gemm(x2: cupy.ndarray, a_t: cupy.ndarray, out: cupy.ndarray) -> None:

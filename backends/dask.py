@@ -3,7 +3,8 @@
 Dask is a *home* library (the result is a dask array) but not an engine: every block of
 ``x`` goes through the normal dispatch, ``batchmv.matvec(A, block)``, so numpy-backed and
 cupy-backed dask arrays both work, each block as one GEMM on views.  The registry lists
-dask in ``COLLECTIONS``; the driver hands the whole call to :class:`DaskCollection`.
+dask in ``ADAPTERS``; :func:`batchmv.matvec` and :func:`batchmv.plan` hand the whole call to
+:class:`DaskAdapter`, which sits above the public API (like xarray's chunk managers).
 
 * The graph is blockwise over x's chunks.  Every vector must lie in one block, so x gets
   one chunk along ``axis``: an x chunked along ``axis`` is rechunked (a copy, reported by
@@ -37,27 +38,9 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
 from .. import _api, _registry, _select
+from .._checks import SEQUENCES, check_copy, check_shapes, refuse_copies
 from .._errors import CopyRequiredError
 from .._plan import Plan
-
-_SEQUENCES = _select.SEQUENCES  # what matvec turns into arrays with numpy.asarray
-
-
-def _check_copy(copy: object) -> bool:
-    if copy is None or copy is False:
-        return copy is None
-    raise ValueError(
-        f"copy must be None (copy only what cannot be avoided, each copy reported by plan) or "
-        f"False (never copy, raise CopyRequiredError instead); got {copy!r}"
-    )
-
-
-def _normalize_axis(axis: Any, shape: tuple[int, ...]) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__}")
-    if not -len(shape) <= axis < len(shape):
-        raise ValueError(f"axis {axis} is out of range for x with shape {shape} ({len(shape)}-D)")
-    return int(axis) % len(shape)
 
 
 def matvec_block(x_block: Any, a: Any, *, axis: int, backend: str, copy: bool | None) -> Any:
@@ -66,17 +49,11 @@ def matvec_block(x_block: Any, a: Any, *, axis: int, backend: str, copy: bool | 
 
 
 @dataclass(frozen=True)
-class DaskCall:
-    """A built call on dask arrays: the lazy result and its plan."""
+class _Graph:
+    """A checked call on dask arrays: the lazy result and its report."""
 
     array: Any
     report: Plan
-
-    def execute(self) -> Any:
-        return self.array
-
-    def plan(self) -> Plan:
-        return self.report
 
 
 def _block_shapes(chunks: tuple[tuple[int, ...], ...]) -> Counter:
@@ -96,11 +73,19 @@ def _template(meta: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     return np.zeros_like(meta, shape=shape, dtype=dtype)
 
 
-class DaskCollection:
+class DaskAdapter:
     name = "dask"
 
-    def build(self, a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object) -> DaskCall:
-        allow_copy = _check_copy(copy)
+    def matvec(self, a: Any, x: Any, *, axis: Any = -1, out: Any = None, backend: str | None = None, copy: object = None) -> Any:
+        """The lazy result of ``batchmv.matvec(a, x, ...)`` (a dask array)."""
+        return self._graph(a, x, axis, out, backend, copy).array
+
+    def plan(self, a: Any, x: Any, *, axis: Any = -1, out: Any = None, backend: str | None = None, copy: object = None) -> Plan:
+        """The report of ``batchmv.plan(a, x, ...)``: the whole graph, views of its first block."""
+        return self._graph(a, x, axis, out, backend, copy).report
+
+    def _graph(self, a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object) -> _Graph:
+        allow_copy = check_copy(copy)
         engine_name = _select.requested(backend)  # read now; the engine it gives goes into the graph
         if engine_name in _registry.ENGINES:
             _registry.get_engine(engine_name)  # ImportError now rather than in a worker
@@ -115,23 +100,14 @@ class DaskCollection:
             raise ValueError(f"x has unknown chunk sizes (shape {x.shape}); call x.compute_chunk_sizes() first")
         a, a_arg, a_template = self._a_into_graph(a, allow_copy, copies)
         a_shape = tuple(a_template.shape)
-        if len(a_shape) != 2:
-            raise ValueError(f"A must be 2-D, shape (m, n); got A with shape {a_shape}")
-        if x.ndim == 0:
-            raise ValueError(f"x must be at least 1-D; got x with shape {x.shape} (a scalar)")
-        ax = _normalize_axis(axis, x.shape)
+        ax, _ = check_shapes(a_shape, x.shape, axis)
         m, n = a_shape
-        if x.shape[ax] != n:
-            raise ValueError(
-                f"x.shape[axis] must equal n = A.shape[1]: A has shape {a_shape}, x has shape {x.shape}, axis={axis}"
-            )
         if x.numblocks[ax] > 1:
             copies.append(
                 f"x: rechunked from {x.numblocks[ax]} chunks along axis {ax} to one (every vector must lie in "
                 "one block): each block is assembled from its pieces, a copy of x"
             )
-            if not allow_copy:
-                raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(copies))
+            refuse_copies(copies, allow_copy)
             x = x.rechunk({ax: -1})
 
         # Plan every distinct block shape on uninitialised blocks: errors surface now, not in a worker.
@@ -152,7 +128,7 @@ class DaskCollection:
             adjust_chunks={ax: m}, dtype=meta.dtype, meta=meta, name=name,
             axis=ax, backend=engine, copy=copy,
         )  # fmt: skip
-        return DaskCall(y, self._plan(plans, copies, x, engine_name, engine, a_key))
+        return _Graph(y, self._plan(plans, copies, x, engine_name, engine, a_key))
 
     @staticmethod
     def _first(plans: list, x: da.Array) -> Plan:
@@ -165,7 +141,7 @@ class DaskCollection:
     def _x_as_dask(a: Any, x: Any, allow_copy: bool, copies: list[str]) -> da.Array:
         if isinstance(x, da.Array):
             return x
-        if isinstance(x, _SEQUENCES):  # x a Python sequence, A a dask array: dask is the home
+        if isinstance(x, SEQUENCES):  # x a Python sequence, A a dask array: dask is the home
             reason = f"x: Python {type(x).__name__} converted to an array with numpy.asarray"
             if not allow_copy:
                 raise CopyRequiredError(f"{reason}; copy=False forbids it")
@@ -185,12 +161,11 @@ class DaskCollection:
                 raise ValueError(f"A has unknown chunk sizes (shape {a.shape}); call A.compute_chunk_sizes() first")
             if a.npartitions > 1:
                 copies.append(f"A: its {a.npartitions} dask chunks concatenated into one (every block needs all of A)")
-                if not allow_copy:
-                    raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(copies))
+                refuse_copies(copies, allow_copy)
                 a = a.rechunk(-1)
             (key,) = a.to_delayed().ravel()
             return a, key, _template(a._meta, a.shape, a.dtype)
-        if isinstance(a, _SEQUENCES):
+        if isinstance(a, SEQUENCES):
             reason = f"A: Python {type(a).__name__} converted to an array with numpy.asarray, once"
             if not allow_copy:
                 raise CopyRequiredError(f"{reason}; copy=False forbids it")
@@ -207,7 +182,7 @@ class DaskCollection:
     # -- report ---------------------------------------------------------------------------
     @staticmethod
     def _plan(plans: list, copies: list[str], x: da.Array, requested: str, engine: str, a_key: Any) -> Plan:
-        first = DaskCollection._first(plans, x)
+        first = DaskAdapter._first(plans, x)
         blocks = sum(count for _, count, _ in plans)
         block_copies = list(dict.fromkeys(c for _, _, p in plans for c in p.copies))
         kernels = sorted({p.kernel for _, _, p in plans})
@@ -235,4 +210,4 @@ class DaskCollection:
         )
 
 
-COLLECTION_CLASS = DaskCollection
+ADAPTER_CLASS = DaskAdapter

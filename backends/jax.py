@@ -51,10 +51,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import require_copy
+from .._engine import Engine
 from .._errors import CopyRequiredError
-
-#: JAX's CPU client imports foreign memory without a copy only at this alignment.
-IMPORT_ALIGNMENT = 64
+from .._memory import ALIGNMENT, aligned_empty
 
 _Tracer = jax.core.Tracer
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -126,27 +126,22 @@ def _jax_dtype(name: str) -> np.dtype:
 
 def _misaligned(ptr: int) -> str:
     return (
-        f"data at an address {ptr % IMPORT_ALIGNMENT} bytes past a 64-byte boundary "
+        f"data at an address {ptr % ALIGNMENT} bytes past a 64-byte boundary "
         "(JAX's CPU client wraps only 64-byte-aligned memory)"
     )
 
 
 def _aligned_copy(arr: np.ndarray) -> np.ndarray:
     """A C-ordered, native-byte-order, 64-byte-aligned copy of ``arr`` (which JAX can wrap)."""
-    dtype = arr.dtype.newbyteorder("=")
-    raw = np.empty(arr.size * dtype.itemsize + IMPORT_ALIGNMENT, dtype=np.uint8)
-    skip = -raw.__array_interface__["data"][0] % IMPORT_ALIGNMENT
-    buf = raw[skip : skip + arr.size * dtype.itemsize].view(dtype).reshape(arr.shape)
+    buf = aligned_empty(arr.shape, arr.dtype.newbyteorder("="))
     np.copyto(buf, arr, casting="equiv")
     return buf
 
 
-class JaxEngine:
+class JaxEngine(Engine):
     name = "jax"
-    #: what :func:`batchmv.plan` reports as the kernel of every jax call
-    transform_kernel = "dot_general"
-    #: what :func:`batchmv.plan` notes about every jax call
-    transform_note = (
+    expression_kernel = "dot_general"
+    expression_note = (
         "jax: one jax.lax.dot_general (precision HIGHEST) contracting x's axis with A's dim 1, "
         "then moveaxis; XLA chooses the layouts: A is neither broadcast nor copied (x and y may "
         "be transposed inside the program when x's vector axis is not the last)"
@@ -159,9 +154,6 @@ class JaxEngine:
     # -- questions about native arrays ------------------------------------------------
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, (jax.Array, _Tracer))
-
-    def shape(self, a: Any) -> tuple[int, ...]:
-        return tuple(a.shape)
 
     def strides(self, a: Any) -> tuple[Optional[int], ...]:
         """Element strides of the array's one buffer, from its XLA layout; all None for
@@ -178,9 +170,6 @@ class JaxEngine:
             strides[axis] = step
             step *= max(a.shape[axis], 1)
         return tuple(strides)
-
-    def dtype_name(self, a: Any) -> str:
-        return str(a.dtype)
 
     def itemsize(self, a: Any) -> int:
         return np.dtype(a.dtype).itemsize
@@ -204,9 +193,6 @@ class JaxEngine:
         # Only ever asked about an out= argument, which can never be written: say why.
         raise TypeError(_IMMUTABLE)
 
-    def needs_blas_layout(self, dtype: Any) -> bool:
-        return False  # XLA chooses operand layouts itself
-
     def dtype_of(self, a: Any) -> np.dtype:
         return np.dtype(a.dtype)
 
@@ -221,11 +207,6 @@ class JaxEngine:
     def tracks_graph(self, *arrays: Any) -> bool:
         return any(_is_tracer(a) for a in arrays)
 
-    def in_transform(self, *arrays: Any) -> bool:
-        """Always true: jax arrays have no observable strides and cannot be written, so
-        every call is expressed with :meth:`transform_matvec` and compiled by XLA."""
-        return True
-
     def signature(self, a: Any, x: Any) -> Optional[tuple]:
         """What a call depends on: shape, dtype (weak or not) and placement; None for tracers,
         whose calls are traced once by their transformation anyway."""
@@ -233,12 +214,9 @@ class JaxEngine:
             return None
         return (a.shape, a.dtype, a.weak_type, a.sharding, x.shape, x.dtype, x.weak_type, x.sharding)
 
-    def must_copy(self, a: Any) -> Optional[str]:
-        return None
-
     # -- crossing libraries ------------------------------------------------------------
     def adopt(
-        self, obj: Any, *, allow_copy: bool, writable: bool, any_order: bool = False
+        self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None, any_order: bool = False
     ) -> tuple[Any, Optional[str]]:
         """``obj`` as a jax array sharing its memory where JAX can use it as it is: 64-byte
         aligned, native byte order, C order (``any_order``: any dense layout)."""
@@ -254,7 +232,7 @@ class JaxEngine:
             self._mark_foreign(arr)
         return arr, reason
 
-    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[Any, Optional[str]]:
+    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[Any, Optional[str]]:
         """Another engine's result as a jax array.  Unlike an operand, a result with a
         transposed layout is wrapped as it is: nothing here would copy it again."""
         arr, reason = self.adopt(obj, allow_copy=allow_copy, writable=writable, any_order=True)
@@ -278,21 +256,6 @@ class JaxEngine:
     def asarray(self, obj: Any) -> Any:
         return obj if self.is_native(obj) else jnp.asarray(obj)
 
-    def permute(self, a: Any, axes: tuple[int, ...]) -> Any:
-        return jnp.transpose(a, axes)
-
-    def view(self, a: Any, shape: tuple[int, ...]) -> Any:
-        return jnp.reshape(a, shape)
-
-    def take_first(self, a: Any, axes: tuple[int, ...]) -> Any:
-        return a[tuple(slice(0, 1) if i in axes else slice(None) for i in range(a.ndim))]
-
-    def vectors_last_copy(self, a: Any, axis: int, dtype: Any) -> Any:
-        return a.astype(dtype)
-
-    def c_order_copy(self, a: Any, dtype: Any) -> Any:
-        return a.astype(dtype)
-
     def astype(self, a: Any, dtype: Any) -> Any:
         cast = a.astype(dtype)
         if self._wraps_foreign(a):  # the cast still reads the other library's memory
@@ -302,21 +265,7 @@ class JaxEngine:
     def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
         return jnp.empty(shape, dtype=dtype)
 
-    def gemm(self, x2: Any, a: Any, out: Any = None) -> Any:
-        if out is not None:
-            raise TypeError(_IMMUTABLE)
-        return jnp.matmul(x2, a.T, precision=_HIGHEST)
-
-    def stack(self, parts: list, shape: tuple[int, ...]) -> Any:
-        return jnp.stack(parts).reshape(shape)
-
-    def assign(self, dst: Any, src: Any) -> None:
-        raise TypeError(_IMMUTABLE)
-
-    def broadcast_copy(self, a: Any, shape: tuple[int, ...]) -> Any:
-        return jnp.broadcast_to(a, shape)
-
-    def transform_matvec(self, a: Any, x: Any, axis: int) -> Any:
+    def expression(self, a: Any, x: Any, axis: int) -> Any:
         """``y = moveaxis(dot_general(x, A), -1, axis)``: one dot on A as given."""
         y = _matvec(a, x, axis)
         if self._foreign and not _is_tracer(y) and (self._wraps_foreign(a) or self._wraps_foreign(x)):
@@ -344,17 +293,12 @@ def _matvec(a: Any, x: Any, axis: int) -> Any:
 
 
 # -- imports from other libraries ------------------------------------------------------------
-def _refuse_or_note(reason: str, allow_copy: bool) -> None:
-    if not allow_copy:
-        raise CopyRequiredError(reason)
-
-
 def _checked_share(arr: Any, source_ptr: int, allow_copy: bool, what: str) -> tuple[Any, Optional[str]]:
     """``arr`` (just imported) and None when it shares ``source_ptr``; else report the copy."""
     if arr.unsafe_buffer_pointer() == source_ptr:
         return arr, None
     reason = f"{what}: JAX copied it on import"
-    _refuse_or_note(reason, allow_copy)
+    require_copy(reason, allow_copy)
     return arr, reason
 
 
@@ -369,7 +313,7 @@ def _from_numpy(arr: np.ndarray, allow_copy: bool, any_order: bool = False) -> t
         problem = f"byte order {arr.dtype.str}"
     elif layout := _layout_problem(arr.shape, arr.strides, dtype.itemsize, any_order):
         problem = layout
-    elif ptr % IMPORT_ALIGNMENT:
+    elif ptr % ALIGNMENT:
         problem = _misaligned(ptr)
     if problem is None:
         try:
@@ -383,7 +327,7 @@ def _from_numpy(arr: np.ndarray, allow_copy: bool, any_order: bool = False) -> t
         else:
             return _checked_share(imported, ptr, allow_copy, "numpy array")
     reason = f"numpy array with {problem} cannot be shared with jax, copied"
-    _refuse_or_note(reason, allow_copy)
+    require_copy(reason, allow_copy)
     return jax.dlpack.from_dlpack(_aligned_copy(arr), copy=False), reason
 
 
@@ -401,7 +345,7 @@ def _from_torch(t: Any, allow_copy: bool, any_order: bool = False) -> tuple[Any,
         problem = "a lazy conjugate/negative bit"
     elif layout := _layout_problem(tuple(t.shape), tuple(s * itemsize for s in t.stride()), itemsize, any_order):
         problem = layout
-    elif t.device.type == "cpu" and t.data_ptr() % IMPORT_ALIGNMENT:
+    elif t.device.type == "cpu" and t.data_ptr() % ALIGNMENT:
         problem = _misaligned(t.data_ptr())
     if problem is None:
         try:
@@ -410,7 +354,7 @@ def _from_torch(t: Any, allow_copy: bool, any_order: bool = False) -> tuple[Any,
             raise TypeError(f"jax cannot import a torch tensor on {t.device}: {err}") from err
         return _checked_share(imported, t.data_ptr(), allow_copy, "torch tensor")
     reason = f"torch tensor with {problem} cannot be shared with jax, copied"
-    _refuse_or_note(reason, allow_copy)
+    require_copy(reason, allow_copy)
     copy = t.resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)  # 64-byte aligned
     try:
         return jax.dlpack.from_dlpack(copy), reason

@@ -23,13 +23,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .. import _select
+from .._checks import require_copy
+from .._engine import StridedEngine
 from .._errors import CopyRequiredError
-
-# torch.compile: routing depends on types and settings only; it is evaluated once at
-# trace time and baked into the graph (dynamo cannot trace the contextvar that holds
-# use_backend's setting).  The schedule is plain arithmetic that dynamo traces.
-torch.compiler.assume_constant_result(_select.route)
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
 _linear = torch.nn.functional.linear
@@ -44,15 +40,10 @@ _MM_DTYPES = frozenset(
 )  # fmt: skip
 
 
-def _copy_or_refuse(what: str, allow_copy: bool) -> None:
-    if not allow_copy:
-        raise CopyRequiredError(what)
-
-
-class TorchEngine:
+class TorchEngine(StridedEngine):
     name = "torch"
-    transform_kernel = "matmul under a torch.func transform"
-    transform_note = "inputs are being transformed by torch.func (vmap/grad): torch.matmul on the moved vector axis runs under the transform"
+    expression_kernel = "matmul under a torch.func transform"
+    expression_note = "inputs are being transformed by torch.func (vmap/grad): torch.matmul on the moved vector axis runs under the transform"
 
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, torch.Tensor)
@@ -79,12 +70,6 @@ class TorchEngine:
 
     def is_writable(self, a: torch.Tensor) -> bool:
         return not a.is_inference() or torch.is_inference_mode_enabled()
-
-    def needs_blas_layout(self, dtype: torch.dtype) -> bool:
-        return True
-
-    def dtype_of(self, a: torch.Tensor) -> torch.dtype:
-        return a.dtype
 
     def result_dtype(self, a: torch.Tensor, x: torch.Tensor) -> torch.dtype:
         dtype = torch.promote_types(a.dtype, x.dtype)
@@ -126,7 +111,7 @@ class TorchEngine:
         return None
 
     # -- crossing libraries --------------------------------------------------------------
-    def adopt(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[torch.Tensor, Optional[str]]:
+    def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[torch.Tensor, Optional[str]]:
         if isinstance(obj, np.ndarray):
             return _from_numpy(obj, allow_copy=allow_copy, writable=writable)
         try:
@@ -134,9 +119,6 @@ class TorchEngine:
         # (AssertionError: a CUDA producer on a CPU-only torch; AttributeError: no __dlpack_device__)
         except (AssertionError, AttributeError, BufferError, RuntimeError, TypeError, ValueError) as err:
             raise TypeError(f"torch cannot import {type(obj).__name__} through DLPack: {err}") from err
-
-    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[torch.Tensor, Optional[str]]:
-        return self.adopt(obj, allow_copy=allow_copy, writable=writable)
 
     def astype(self, a: torch.Tensor, dtype: Any) -> torch.Tensor:
         return a.to(dtype)
@@ -149,6 +131,23 @@ class TorchEngine:
         if a.requires_grad and torch.is_grad_enabled():
             return "it requires grad; another engine would detach it and drop the gradient"
         return None
+
+    def export_numpy(self, a: torch.Tensor, *, allow_copy: bool, writable: bool) -> tuple[np.ndarray, Optional[str]]:
+        """A CPU tensor as a numpy array sharing its memory (``Tensor.numpy``, not DLPack,
+        which cannot carry lazy conjugate/negative bits)."""
+        if a.device.type != "cpu":
+            raise TypeError(f"numpy cannot use a tensor on {a.device}; nothing is moved between devices")
+        if a.dtype not in (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128) and (
+            a.dtype.is_floating_point or a.dtype.is_complex
+        ):
+            raise TypeError(f"numpy has no dtype for {a.dtype}")
+        if a.is_conj() or a.is_neg():
+            reason = "tensor with a lazy conjugate/negative bit cannot be exported, resolved into a copy"
+            if writable:
+                raise CopyRequiredError(f"out {reason}")
+            require_copy(reason, allow_copy)
+            return a.resolve_conj().resolve_neg().numpy(), reason
+        return a.detach().numpy(), None  # export_refusal has refused tensors that need grad
 
     # -- primitives ---------------------------------------------------------------------
     def asarray(self, obj: Any) -> torch.Tensor:
@@ -174,7 +173,7 @@ class TorchEngine:
         copy.copy_(moved)
         return copy.movedim(-1, axis)
 
-    def c_order_copy(self, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def c_order_copy(self, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # (resolves lazy bits)
         copy = torch.empty(a.shape, dtype=dtype, device=a.device)
         copy.copy_(a)
         return copy
@@ -198,7 +197,7 @@ class TorchEngine:
     def broadcast_copy(self, a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         return a.expand(shape).clone(memory_format=torch.contiguous_format)
 
-    def transform_matvec(self, a: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
+    def expression(self, a: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
         return torch.matmul(x.movedim(axis, -1), a.mT).movedim(-1, axis)
 
 
@@ -235,25 +234,8 @@ def _from_numpy(arr: np.ndarray, *, allow_copy: bool, writable: bool) -> tuple[t
     if writable:
         raise CopyRequiredError(f"torch cannot share the numpy out array ({problem})")
     reason = f"numpy array with {problem} cannot be shared with torch, copied"
-    _copy_or_refuse(reason, allow_copy)
+    require_copy(reason, allow_copy)
     return torch.from_numpy(np.array(arr, dtype=arr.dtype.newbyteorder("="), order="C")), reason
-
-
-def as_numpy_view(t: torch.Tensor, *, allow_copy: bool, writable: bool) -> tuple[np.ndarray, Optional[str]]:
-    """A CPU tensor as a writable numpy array sharing its memory (``Tensor.numpy``)."""
-    if t.device.type != "cpu":
-        raise TypeError(f"numpy cannot use a tensor on {t.device}; nothing is moved between devices")
-    if t.dtype not in (torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128) and (
-        t.dtype.is_floating_point or t.dtype.is_complex
-    ):
-        raise TypeError(f"numpy has no dtype for {t.dtype}")
-    if t.is_conj() or t.is_neg():
-        reason = "tensor with a lazy conjugate/negative bit cannot be exported, resolved into a copy"
-        if writable:
-            raise CopyRequiredError(f"out {reason}")
-        _copy_or_refuse(reason, allow_copy)
-        return t.resolve_conj().resolve_neg().numpy(), reason
-    return t.detach().numpy(), None  # export_refusal has refused tensors that need grad
 
 
 ENGINE_CLASS = TorchEngine

@@ -10,12 +10,10 @@ from ._api import matvec, plan
 from ._errors import CopyRequiredError
 from ._operator import MatVec, prepare
 from ._plan import Plan
-from ._registry import available_backends, load_imported_engines
+from ._registry import available_backends
 from ._select import use_backend
 
 __all__ = [
     "CopyRequiredError", "MatVec", "Plan", "available_backends", "matvec", "plan", "prepare", "use_backend",
 ]  # fmt: skip
 __version__ = "0.1.0"
-
-load_imported_engines()

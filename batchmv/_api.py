@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import _cache, _driver
-from ._plan import Plan
+from . import _cache, _call, _registry, _run, _tune
+from ._plan import Plan, describe
 
 
 def matvec(
@@ -50,9 +50,12 @@ def matvec(
         run = _cache.calls.lookup(key)
         if run is not None:
             return run(A, x)
-    call = _driver.build(A, x, axis, out, backend, copy)
+    adapter = _registry.adapter_for(type(A), type(x))
+    if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
+        return adapter.matvec(A, x, axis=axis, out=out, backend=backend, copy=copy)
+    call = _call.build(A, x, axis, out, backend, copy, _tune.choose)
     run = _cache.calls.remember(key, call, A, x) if key is not None else None
-    return run(A, x) if run is not None else _driver.execute(call)
+    return run(A, x) if run is not None else _run.execute(call)
 
 
 def plan(
@@ -67,6 +70,10 @@ def plan(
 ) -> Plan:
     """Report what :func:`matvec` would do with the same arguments, computing nothing.
 
+    With ``backend="fastest"`` it reports the engine measured for this kind of call, or,
+    before the first ``matvec`` of the kind has measured, the home library's engine and the
+    candidates that call will time.
+
     >>> import numpy as np, batchmv
     >>> p = batchmv.plan(np.ones((3, 4)), np.ones((4, 10)), axis=0, backend="numpy")
     >>> p.kernel, p.copies
@@ -75,4 +82,7 @@ def plan(
     batchmv plan: numpy result, numpy engine, dtype float64
       kernel: gemm (1 call), 240 flops, ...
     """
-    return _driver.make_plan(_driver.build(A, x, axis, out, backend, copy))
+    adapter = _registry.adapter_for(type(A), type(x))
+    if adapter is not None:
+        return adapter.plan(A, x, axis=axis, out=out, backend=backend, copy=copy)
+    return describe(_call.build(A, x, axis, out, backend, copy, _tune.recall))

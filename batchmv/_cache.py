@@ -1,7 +1,7 @@
 """Remembered calls: a call repeated on arrays of the same signature skips every check.
 
 A call that runs as one kernel on the engine of its home library, with no ``out`` and no
-copy (:func:`batchmv._driver.runner`), is remembered under a key made of everything its
+copy (:func:`batchmv._run.runner`), is remembered under a key made of everything its
 checks and schedule depend on: the types, the engine's ``signature`` of A and x (shapes,
 strides, dtypes, devices, grad state), the axis, the arguments and the selection settings.
 The next call with the same key runs the remembered kernel directly.  Values are never
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import _driver, _registry, _select
+from . import _call, _registry, _run, _select
 
 #: Calls ``matvec`` remembers, at most; beyond, the memory starts over (a program with that
 #: many kinds of call gains little from it).
@@ -43,9 +43,9 @@ class Runners:
         that ``run``: when it is a call to remember and it computes on ``a`` and ``x``
         themselves (not on conversions of them, such as the plain ndarray numpy makes of a
         subclass).  None otherwise."""
-        if not isinstance(call, _driver.Call) or call.a is not a or call.x is not x:
+        if not isinstance(call, _call.Call) or call.a is not a or call.x is not x:
             return None
-        run = _driver.runner(call)
+        run = _run.runner(call)
         if run is None:
             return None
         if len(self._runs) >= self.limit:
@@ -68,7 +68,4 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any) -> tuple | None:
     signature = engine.signature(a, x)
     if signature is None:
         return None
-    settings = _select.settings(backend)
-    if settings is None:
-        return None
-    return (kind_a, kind_x, signature, axis, backend, copy, settings)
+    return (kind_a, kind_x, signature, axis, backend, copy, _select.settings(backend))

@@ -37,6 +37,13 @@ def check_copy(copy: object) -> bool:
     )
 
 
+def require_copy(reason: str, allow_copy: bool) -> None:
+    """Raise :class:`CopyRequiredError` with ``reason`` unless copies are allowed (an
+    engine's import that must copy)."""
+    if not allow_copy:
+        raise CopyRequiredError(reason)
+
+
 def refuse_copies(copies: Iterable[str], allow_copy: bool) -> None:
     """Raise :class:`CopyRequiredError` listing ``copies`` when there are any and copies are
     not allowed."""

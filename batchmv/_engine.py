@@ -1,84 +1,184 @@
-"""The protocol every engine in ``batchmv.backends`` implements.
+"""The base classes of every engine in ``batchmv.backends``.
 
-An engine wraps one array library.  It answers questions about its own arrays (shape,
-strides in elements, dtype, device, where the data lives), shares arrays of other
-libraries without copying (``adopt``), and offers the few view and GEMM primitives that
-the generic driver in :mod:`batchmv._driver` strings together.  Nothing else about a
-library is known outside its module.
+An engine wraps one array library.  It answers questions about its own arrays, shares
+arrays of other libraries without copying (``adopt``), and computes.  An engine writes only
+what differs from the defaults here (in the spirit of einops' ``AbstractBackend``).
+
+Two kinds:
+
+* :class:`Engine` computes ``y = A @ x`` along an axis with one array expression,
+  :meth:`Engine.expression`; the default is the Python array API standard's
+  ``matmul``/``matrix_transpose`` in the array's own namespace (``array_api_compat``).  Its
+  strides are not observable, so ``plan`` cannot prove what the library's kernel copies
+  (the jax engine: XLA chooses layouts).
+* :class:`StridedEngine` adds the view and GEMM primitives that the call builder strings
+  together (:mod:`batchmv._layout`): one GEMM ``X2 @ A.T`` on views whose strides prove
+  that nothing is copied (numpy, torch, cupy).  Under a transform that hides strides
+  (``torch.func.vmap``) it falls back to :meth:`Engine.expression`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, Optional
 
 
-class Engine(Protocol):
-    name: str  #: the engine's name in the registry
-    transform_kernel: str  #: the kernel ``plan`` reports for calls under a transform
-    transform_note: str  #: the note ``plan`` adds to calls under a transform
+class Engine:
+    """An engine that computes with one array expression; subclasses set :attr:`name` and
+    :meth:`is_native`, :meth:`asarray`, :meth:`result_dtype` and :meth:`adopt`."""
 
-    # -- questions about native arrays ------------------------------------------------
-    def is_native(self, obj: Any) -> bool: ...
-    def shape(self, a: Any) -> tuple[int, ...]: ...
+    name: str = ""  #: the engine's name in the registry (``backend=`` names it)
+    strided: bool = False  #: whether calls run as GEMMs on strided views (StridedEngine)
+    expression_kernel: str = "matmul"  #: the kernel ``plan`` reports for an expression call
+    expression_note: str = "computed with the library's matmul on A's transposed view; batchmv cannot observe its layout"
+
+    # -- questions about native arrays ----------------------------------------------------
+    def is_native(self, obj: Any) -> bool:
+        raise NotImplementedError
+
+    def shape(self, a: Any) -> tuple[int, ...]:
+        return tuple(a.shape)
+
     def strides(self, a: Any) -> tuple[Optional[int], ...]:
-        """Strides in elements; None where a stride is not a whole number of elements."""
-    def dtype_name(self, a: Any) -> str: ...
-    def itemsize(self, a: Any) -> int: ...
-    def device(self, a: Any) -> str: ...
+        """Strides in elements; None where a stride is unknown or not whole elements."""
+        return (None,) * len(a.shape)
+
+    def dtype_of(self, a: Any) -> Any:
+        return a.dtype
+
+    def dtype_name(self, a: Any) -> str:
+        return str(self.dtype_of(a))
+
+    def itemsize(self, a: Any) -> int:
+        return a.itemsize
+
+    def device(self, a: Any) -> str:
+        return "cpu"
+
     def address(self, a: Any) -> tuple[int, int]:
         """(address of the first element, its byte offset from the start of its buffer)."""
-    def is_writable(self, a: Any) -> bool: ...
+        raise TypeError(f"{self.name} arrays have no observable address")
+
+    def is_writable(self, a: Any) -> bool:
+        return True
+
     def needs_blas_layout(self, dtype: Any) -> bool:
         """Whether this engine's GEMM copies operands that BLAS cannot read as they are."""
-    def result_dtype(self, a: Any, x: Any) -> Any: ...
-    def dtype_of(self, a: Any) -> Any: ...
+        return False
+
+    def result_dtype(self, a: Any, x: Any) -> Any:
+        raise NotImplementedError
+
     def check_dtype(self, dtype: Any) -> None:
-        """Raise TypeError when this engine's matmul does not support ``dtype``."""
+        """Raise TypeError when this engine cannot multiply arrays of ``dtype``."""
+
     def tracks_graph(self, *arrays: Any) -> bool:
         """Whether results must stay differentiable/traceable (no ``out=`` writes)."""
-    def in_transform(self, *arrays: Any) -> bool:
-        """Whether the arrays are being transformed (vmap) so strides mean nothing."""
+        return False
 
-    # -- crossing libraries ------------------------------------------------------------
-    def adopt(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[Any, Optional[str]]:
-        """``obj`` (an array of another library) as a native array sharing its memory.
+    def in_transform(self, *arrays: Any) -> bool:
+        """Whether the arrays are being transformed (vmap), so that strides mean nothing."""
+        return False
+
+    def signature(self, a: Any, x: Any) -> Optional[tuple]:
+        """Everything about native arrays ``a`` and ``x`` (and the library's state, such as
+        grad mode) that a call's checks and schedule depend on, not their values; None when
+        calls on them must not be remembered (the default: nothing is known)."""
+        return None
+
+    def must_copy(self, a: Any) -> Optional[str]:
+        """Why the GEMM cannot read ``a`` as it is whatever its strides (a lazy conjugate bit)."""
+        return None
+
+    # -- crossing libraries -----------------------------------------------------------------
+    def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[Any, Optional[str]]:
+        """``obj`` (an array of another library, whose engine is ``source`` when batchmv
+        knows it) as a native array sharing its memory.
 
         Returns the array and None, or, when sharing is impossible and ``allow_copy``, a
         copy and the reason.  Raises CopyRequiredError when a copy is needed but not
         allowed; TypeError or ValueError when the call's meaning would be lost.
         """
-    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool) -> tuple[Any, Optional[str]]:
+        raise TypeError(f"the {self.name} engine cannot use {type(obj).__name__} arrays")
+
+    def adopt_result(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[Any, Optional[str]]:
         """Another engine's result as a native array (like ``adopt``; any layout is fine)."""
+        return self.adopt(obj, allow_copy=allow_copy, writable=writable, source=source)
+
     def export_refusal(self, a: Any) -> Optional[str]:
         """Why this native array may not be computed by another engine (gradients, tracers)."""
+        return None
 
-    # -- primitives for the driver ---------------------------------------------------------
-    def asarray(self, obj: Any) -> Any: ...
-    def permute(self, a: Any, axes: tuple[int, ...]) -> Any: ...
-    def view(self, a: Any, shape: tuple[int, ...]) -> Any: ...
-    def take_first(self, a: Any, axes: tuple[int, ...]) -> Any: ...
+    def export_numpy(self, a: Any, *, allow_copy: bool, writable: bool) -> Optional[tuple[Any, Optional[str]]]:
+        """This library's own way to share ``a`` with numpy, as (array, copy reason), or
+        None where numpy imports it through DLPack."""
+        return None
+
+    # -- computing ------------------------------------------------------------------------
+    def asarray(self, obj: Any) -> Any:
+        raise NotImplementedError
+
     def astype(self, a: Any, dtype: Any) -> Any:
-        """``a`` converted to ``dtype`` (used under transforms, where nothing is a view)."""
-    def vectors_last_copy(self, a: Any, axis: int, dtype: Any) -> Any:
-        """A copy of ``a`` as ``dtype`` whose ``axis`` is contiguous (batch axes in C order)."""
-    def c_order_copy(self, a: Any, dtype: Any) -> Any:
-        """A C-ordered copy of ``a`` as ``dtype`` (lazy conjugate/negative bits resolved)."""
-    def signature(self, a: Any, x: Any) -> Optional[tuple]:
-        """Everything about native arrays ``a`` and ``x`` (and the library's state, such as
-        grad mode) that a call's checks and schedule depend on, not their values; None when
-        calls on them must not be remembered (tracers, arrays without strides)."""
-    def must_copy(self, a: Any) -> Optional[str]:
-        """Why the GEMM cannot read ``a`` as it is whatever its strides (e.g. a lazy conjugate bit)."""
+        return a.astype(dtype)
+
     def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
-        """A new C-ordered array that any other engine can adopt without a copy."""
-    def gemm(self, x2: Any, a: Any, out: Any = None) -> Any:
-        """One GEMM ``x2 @ a.T`` on the views as they are (A is read through its transposed
-        view), written into ``out`` when given, else into a new array that stays in this
-        library."""
-    def stack(self, parts: list, shape: tuple[int, ...]) -> Any: ...
+        """A new array of ``shape`` and ``dtype`` on ``like``'s device."""
+        raise NotImplementedError
+
     def assign(self, dst: Any, src: Any) -> None:
         """``dst[...] = src`` with numpy broadcasting."""
+        raise TypeError(f"{self.name} arrays cannot be written")
+
+    def expression(self, a: Any, x: Any, axis: int) -> Any:
+        """``y = A @ x`` along ``axis`` with the array API standard's functions in the
+        arrays' namespace: ``moveaxis(matmul(moveaxis(x, axis, -1), matrix_transpose(A)), -1, axis)``."""
+        import array_api_compat
+
+        xp = array_api_compat.array_namespace(a, x)
+        y = xp.matmul(xp.moveaxis(x, axis, -1), xp.matrix_transpose(a))
+        return xp.moveaxis(y, -1, axis)
+
+
+class StridedEngine(Engine):
+    """An engine whose arrays have observable strides: calls run as GEMMs on views
+    (:mod:`batchmv._layout`), and ``plan`` proves what is copied."""
+
+    strided = True
+    needs_blas = True  #: the GEMM copies operands BLAS cannot read (numpy: BLAS dtypes only)
+
+    def strides(self, a: Any) -> tuple[Optional[int], ...]:
+        size = a.itemsize
+        return tuple(s // size if s % size == 0 else None for s in a.strides)
+
+    def needs_blas_layout(self, dtype: Any) -> bool:
+        return self.needs_blas
+
+    def permute(self, a: Any, axes: tuple[int, ...]) -> Any:
+        return a.transpose(axes)
+
+    def view(self, a: Any, shape: tuple[int, ...]) -> Any:
+        """``a`` viewed as ``shape``, never copied (the schedule proved that it can be)."""
+        raise NotImplementedError
+
+    def take_first(self, a: Any, axes: tuple[int, ...]) -> Any:
+        """``a`` with each of ``axes`` (stride 0) narrowed to its first element."""
+        return a[tuple(slice(0, 1) if i in axes else slice(None) for i in range(len(a.shape)))]
+
+    def vectors_last_copy(self, a: Any, axis: int, dtype: Any) -> Any:
+        """A copy of ``a`` as ``dtype`` whose ``axis`` is contiguous (batch axes in C order)."""
+        raise NotImplementedError
+
+    def c_order_copy(self, a: Any, dtype: Any) -> Any:
+        """A C-ordered copy of ``a`` as ``dtype`` (lazy conjugate/negative bits resolved)."""
+        return a.astype(dtype, order="C", copy=True)
+
+    def gemm(self, x2: Any, a: Any, out: Any = None) -> Any:
+        """One GEMM ``x2 @ a.T`` on the views as they are (A read through its transposed
+        view), into ``out`` when given, else into a new array of this library."""
+        raise NotImplementedError
+
+    def stack(self, parts: list, shape: tuple[int, ...]) -> Any:
+        raise NotImplementedError
+
     def broadcast_copy(self, a: Any, shape: tuple[int, ...]) -> Any:
         """A new array of ``shape`` holding ``a`` broadcast to it."""
-    def transform_matvec(self, a: Any, x: Any, axis: int) -> Any:
-        """The library's own expression, used while a transform (vmap) hides the layout."""
+        raise NotImplementedError

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import _cache, _driver, _registry, _select
-from ._plan import Plan
+from . import _cache, _call, _registry, _run, _select
+from ._checks import check_copy, check_shapes
+from ._plan import Plan, describe
 
 #: Kinds of call (layouts of x) a prepared operator remembers, at most.
 _MAX_LAYOUTS = 64
@@ -21,22 +22,21 @@ class MatVec:
     """
 
     def __init__(self, A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> None:
-        _driver.check_copy(copy)
+        check_copy(copy)
         home_name, engine_name = _select.route(type(A), type(A), backend)
         if engine_name == "fastest":
             raise ValueError('prepare() needs a fixed engine; "fastest" measures each kind of call: use matvec')
         # check A, and share it with the engine (refusing what would lose its meaning)
         engine = _registry.get_engine(engine_name)
         home = _registry.get_engine(home_name)
-        a_h = _driver.to_home(A, "A", home, copy is None, [])
+        a_h = _call.to_home(A, "A", home, copy is None, [])
         shape = home.shape(a_h)
-        if len(shape) != 2:
-            raise ValueError(f"A must be 2-D, shape (m, n); got A with shape {shape}")
+        check_shapes(shape, shape[-1:], -1)
         self.A = A
         self.backend = engine.name
         self.copy = copy
         self._engine = engine
-        self._shared = a_h if engine is home else _driver.share(engine, a_h, home, "A", copy is None, [])
+        self._shared = a_h if engine is home else _call.share(engine, a_h, home, "A", copy is None, [])
         self._runners = _cache.Runners(_MAX_LAYOUTS)
 
     @property
@@ -58,17 +58,23 @@ class MatVec:
                 run = self._runners.lookup(key)
                 if run is not None:
                     return run(shared, x)
+        adapter = _registry.adapter_for(type(x))
+        if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
+            return adapter.matvec(self.A, x, axis=axis, out=out, backend=self.backend, copy=self.copy)
         call = self._build(x, axis, out)
         run = self._runners.remember(key, call, shared, x) if key is not None else None
-        return run(shared, x) if run is not None else _driver.execute(call)
+        return run(shared, x) if run is not None else _run.execute(call)
 
     def plan(self, x: Any, *, axis: int = -1, out: Any = None) -> Plan:
         """What ``self(x, axis=axis, out=out)`` does, computing nothing."""
-        return _driver.make_plan(self._build(x, axis, out))
+        adapter = _registry.adapter_for(type(x))
+        if adapter is not None:
+            return adapter.plan(self.A, x, axis=axis, out=out, backend=self.backend, copy=self.copy)
+        return describe(self._build(x, axis, out))
 
     def _build(self, x: Any, axis: int, out: Any) -> Any:
         a = self._shared if _registry.library_of(x) == self.backend else self.A
-        return _driver.build(a, x, axis, out, self.backend, self.copy)
+        return _call.build(a, x, axis, out, self.backend, self.copy)
 
 
 def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> MatVec:

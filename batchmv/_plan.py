@@ -1,8 +1,12 @@
-"""The :class:`Plan`: what ``matvec`` will run, reported before anything is computed."""
+"""The :class:`Plan`: what ``matvec`` will run, reported before anything is computed, and
+:func:`describe`, which makes one from a checked call."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from . import _layout
 
 
 @dataclass(frozen=True)
@@ -57,3 +61,50 @@ class Plan:
             *(f"  note: {n}" for n in self.notes),
         ]
         return "\n".join(lines)
+
+
+def describe(call: Any) -> Plan:
+    """The public report of a checked call (:class:`batchmv._call.Call`)."""
+    eng, sched = call.engine, call.schedule
+    a_shape, x_shape = eng.shape(call.a), eng.shape(call.x)
+    m, n = a_shape
+    batch = 1
+    for i, size in enumerate(x_shape):
+        batch *= size if i != call.axis else 1
+    flops = 2 * m * n * batch
+    itemsize = max(eng.itemsize(call.a), eng.itemsize(call.x))
+    if sched is None:
+        return Plan(
+            backend=eng.name, kernel=eng.expression_kernel, copies=call.copies, flops=flops,
+            bytes=itemsize * (m * n + batch * (n + m)), home=call.home.name, dtype=str(call.dtype),
+            notes=call.notes,
+        )  # fmt: skip
+    distinct = sched.rows * sched.gemm_calls
+    a_strides = eng.strides(call.a)
+    views = (
+        OperandView(
+            "A.T", (n, m), (a_strides[1], a_strides[0]) if not sched.a_copy else (1, n), sched.a_order,
+            None if sched.a_copy else eng.address(call.a)[1], "copy of A" if sched.a_copy else "A",
+        ),
+        OperandView(
+            "X2", (sched.rows, n), sched.x2_strides if not sched.x_copy else (n, 1), sched.x_order,
+            None if sched.x_copy else eng.address(call.x)[1], "copy of x" if sched.x_copy else "x",
+        ),
+        OperandView(
+            "Y2", (sched.rows, m), sched.y2_strides, "row-major" if not sched.out_direct else _layout.blas_order(
+                sched.rows, m, *sched.y2_strides),
+            eng.address(call.out_e)[1] if sched.out_direct else None, "out" if sched.out_direct else "y",
+        ),
+    )  # fmt: skip
+    return Plan(
+        backend=eng.name,
+        kernel="gemm" if sched.gemm_calls == 1 else "gemm loop",
+        copies=call.copies,
+        flops=flops,
+        bytes=itemsize * (m * n + distinct * n + batch * m),
+        home=call.home.name,
+        dtype=str(call.dtype),
+        gemm_calls=sched.gemm_calls,
+        views=views,
+        notes=call.notes,
+    )

@@ -146,24 +146,16 @@ def _attribute(module: Any, path: str) -> Any:
     return module
 
 
-def load_imported_engines() -> None:
-    """Load the engines of array libraries that are already imported (imports nothing new),
-    so that their tracing hooks are in place before a first call under a compiler."""
-    for name in available_backends():
-        if ENGINES[name].package in sys.modules:
-            get_engine(name)
-
-
-# -- lazy collections: home libraries that are not engines ---------------------------------
+# -- adapters: home libraries that are not engines -------------------------------------------
 
 
 @dataclass(frozen=True)
-class CollectionSpec:
+class AdapterSpec:
     """A library whose arrays are lazy collections of blocks, each block an array of some
-    engine's library (dask.array).  It is a home library but not an engine: ``backend=``
-    never names it.  Its module, ``batchmv.backends.<name>``, defines ``COLLECTION_CLASS``,
-    whose ``build(a, x, axis, out, backend, copy)`` takes the whole call and returns an
-    object with ``execute()`` and ``plan()``; each block goes through the normal dispatch.
+    engine's library (dask.array), like xarray's chunk managers.  It is a home library but
+    not an engine: ``backend=`` never names it.  Its module, ``batchmv.backends.<name>``,
+    defines ``ADAPTER_CLASS``, whose ``matvec`` and ``plan`` take the whole call (with the
+    keywords of :func:`batchmv.matvec`) and call batchmv's public API on each block.
     """
 
     name: str  #: the library's name (also the module name in batchmv.backends)
@@ -173,26 +165,26 @@ class CollectionSpec:
     array_types: tuple[str, ...]  #: attribute names, in ``module``, of the array types
 
 
-COLLECTIONS: dict[str, CollectionSpec] = {
+ADAPTERS: dict[str, AdapterSpec] = {
     spec.name: spec
-    for spec in (CollectionSpec("dask", "dask", "dask.array", "pip install 'batchmv[dask]'", ("Array",)),)
+    for spec in (AdapterSpec("dask", "dask", "dask.array", "pip install 'batchmv[dask]'", ("Array",)),)
 }
 
-_collections: dict[str, Any] = {}
-_collection_of_type: dict[type, str | None] = {}
+_adapters: dict[str, Any] = {}
+_adapter_of_type: dict[type, str | None] = {}
 
 
-def collection_of_type(kind: type) -> str | None:
-    """Name of the registered lazy-collection library whose array type ``kind`` is, or None
+def adapter_of_type(kind: type) -> str | None:
+    """Name of the registered adapter library whose array type ``kind`` is, or None
     (cached; imports nothing).
 
-    >>> collection_of_type(list)
+    >>> adapter_of_type(list)
     """
-    found = _collection_of_type.get(kind, False)
+    found = _adapter_of_type.get(kind, False)
     if found is not False:
         return found
     found = None
-    for spec in COLLECTIONS.values():
+    for spec in ADAPTERS.values():
         module = sys.modules.get(spec.module)
         if module is not None and any(
             isinstance(getattr(module, attr, None), type) and issubclass(kind, getattr(module, attr))
@@ -200,28 +192,28 @@ def collection_of_type(kind: type) -> str | None:
         ):
             found = spec.name
             break
-    _collection_of_type.setdefault(kind, found)
+    _adapter_of_type.setdefault(kind, found)
     return found
 
 
-def collection_for(*kinds: type) -> Any:
-    """The handler that takes a whole call whose arguments have these types (the first one
+def adapter_for(*kinds: type) -> Any:
+    """The adapter that takes a whole call whose arguments have these types (the first one
     that is a lazy collection decides), or None: the call goes to the engines."""
     for kind in kinds:
-        name = collection_of_type(kind)
+        name = adapter_of_type(kind)
         if name is not None:
-            return get_collection(name)
+            return get_adapter(name)
     return None
 
 
-def get_collection(name: str) -> Any:
-    """The handler of lazy-collection library ``name``, imported on first use."""
-    handler = _collections.get(name)
-    if handler is not None:
-        return handler
-    spec = COLLECTIONS[name]
+def get_adapter(name: str) -> Any:
+    """The adapter of library ``name``, imported on first use."""
+    adapter = _adapters.get(name)
+    if adapter is not None:
+        return adapter
+    spec = ADAPTERS[name]
     if importlib.util.find_spec(spec.package) is None:  # pragma: no cover - its arrays exist
         raise ImportError(f"batchmv's {name!r} support needs {spec.package}: {spec.install}")
-    built = importlib.import_module(f"batchmv.backends.{name}").COLLECTION_CLASS()
+    built = importlib.import_module(f"batchmv.backends.{name}").ADAPTER_CLASS()
     with _lock:
-        return _collections.setdefault(name, built)
+        return _adapters.setdefault(name, built)

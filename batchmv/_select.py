@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterator
 
 from . import _registry
+from ._checks import SEQUENCES
 from ._registry import ENGINES
 
 ENV_VAR = "BATCHMV_BACKEND"
@@ -75,20 +76,17 @@ def requested(backend: str | None) -> str:
     return _from_environment() or "auto"
 
 
-def settings(backend: object) -> tuple | None:
+def settings(backend: object) -> tuple:
     """What the engine of a call with this ``backend=`` argument depends on besides it, as a
     value that changes whenever the rules above could give another answer: nothing when
-    ``backend`` is given; else the context and the environment, or None while
-    ``BATCHMV_BACKEND`` has not been read yet (it is read when a call first needs it)."""
+    ``backend`` is given; the context when one is set; else the environment (read now if
+    this is the first call that needs it)."""
     if backend is not None:
         return ()
-    if _env_value is _UNREAD:
-        return None
-    return (_context.get(), _env_value)
-
-
-#: Python objects that go through ``numpy.asarray`` (sequences and scalars).
-SEQUENCES = (list, tuple, int, float, complex, bool)
+    name = _context.get()
+    if name is not None:
+        return (name,)
+    return (None, _environment())
 
 
 def home_of(a_type: type, x_type: type) -> str:

@@ -10,15 +10,16 @@ never trusted.
 The state it will run in: a program whose arrays belong to one library does that
 library's own work between its matvec calls.  On the CPU each library keeps its own thread
 pool, and the threads of one pool that wait for work by spinning take the cores from the
-other (measured on 2 cores: numpy's GEMM of 256 vectors by a 64x64 matrix took 4 ms
-right after a torch GEMM instead of 17 us alone, and a torch GEMM right after numpy's as
-long).  So each engine is timed in rounds of a GEMM of the home library (:data:`HOME_WORK`
+other (benchmarks/README.md, "thread pools", has the measurements).  So each engine is timed in rounds of a GEMM of the home library (:data:`HOME_WORK`
 squared, float32) and a call, and the engines are compared on the time of a round: what the
 two pools cost each other is counted.  The home library's engine is kept unless another is
-faster by more than :data:`HOME_MARGIN`.  This takes :data:`SETTLE_S` seconds and more per
+faster by more than :data:`HOME_MARGIN`.  This takes ``_timing.SETTLE_S`` seconds and more per
 engine, once per kind of call; the times the notes show are a round less the GEMM alone.
 With several threads per pool the interference is erratic, and a choice measured once can
 fail to hold (README, "Benchmarks and targets").
+
+:func:`choose` measures (``matvec``); :func:`recall` only reports what was decided
+(``plan``, which never computes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import threading
 import warnings
 from typing import Any
 
-from . import _registry, _timing
+from . import _call, _registry, _run, _timing
+from ._errors import CopyRequiredError
 
 CACHE_ENV = "BATCHMV_TUNE_CACHE"
 _FORMAT = "batchmv-tune-1"
@@ -108,39 +110,64 @@ HOME_WORK = 192
 
 
 def home_work(home: Any, x: Any) -> Any:
-    """A call that makes the home library use its CPU thread pool, or None (GPU arrays)."""
+    """A call that makes the home library use its CPU thread pool (its own matmul of a
+    :data:`HOME_WORK`-square float32 matrix), or None (GPU arrays)."""
     if home.device(x) != "cpu":
         return None
     import numpy as np
 
     w = home.asarray(np.full((HOME_WORK, HOME_WORK), 0.5, np.float32))
-    return lambda: _timing.wait(home.gemm(w, w))
+    return lambda: _timing.wait(home.expression(w, w, 1))
 
 
-def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
-    """(engine name, why) for a call whose inputs ``a``, ``x`` belong to ``home``."""
-    from . import _driver  # the driver imports this module
-    from ._errors import CopyRequiredError
+def _candidates(home: Any, a: Any, x: Any, axis: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """The calls of every available engine that takes this call without a copy and keeps
+    its meaning, checked (nothing computed), and the engines refused, with the reason."""
+    calls: dict[str, Any] = {}
+    refused: dict[str, str] = {}
+    for name in _registry.available_backends():
+        try:
+            calls[name] = _call.build(a, x, axis, None, name, False)
+        except (CopyRequiredError, TypeError, ValueError, ImportError, RuntimeError, BufferError) as err:
+            refused[name] = type(err).__name__
+    return calls, refused
 
-    key = kind_of(home, a, x, axis, dtype)
+
+def _known(key: str) -> dict[str, Any] | None:
     with _lock:
         if not _disk_loaded:
             _load_disk()
-        known = _choices.get(key)
+        return _choices.get(key)
+
+
+def recall(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
+    """(engine name, why) as :func:`choose` decided for this kind of call, without timing
+    anything: the home library's engine, and the candidates, while no decision exists."""
+    key = kind_of(home, a, x, axis, dtype)
+    known = _known(key)
     if known is not None:
         return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
-    times: dict[str, float] = {}
-    refused: dict[str, str] = {}
-    calls = {}
-    for name in _registry.available_backends():
-        try:
-            calls[name] = _driver.build(a, x, axis, None, name, False)
-        except (CopyRequiredError, TypeError, ValueError, ImportError) as err:
-            refused[name] = type(err).__name__
+    calls, refused = _candidates(home, a, x, axis)
+    skipped = f"; not eligible: {refused}" if refused else ""
+    return home.name, (
+        f"fastest: not measured yet for {key}; the first matvec of this kind times {', '.join(calls) or 'no engine'}"
+        f" and keeps the fastest; until then this plan shows {home.name}, the home library's engine{skipped}"
+    )
+
+
+def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
+    """(engine name, why) for a call whose inputs ``a``, ``x`` belong to ``home``: measured
+    once per kind of call, then remembered."""
+    key = kind_of(home, a, x, axis, dtype)
+    known = _known(key)
+    if known is not None:
+        return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
+    calls, refused = _candidates(home, a, x, axis)
     work = home_work(home, x) if len(calls) > 1 else None
     work_alone = _timing.median_seconds(work) if work is not None else 0.0
+    times: dict[str, float] = {}
     for name, call in calls.items():  # seconds per call, or per round of work and call
-        run = lambda call=call: _driver.execute(call)  # noqa: E731
+        run = lambda call=call: _run.execute(call)  # noqa: E731
         times[name] = _timing.median_seconds(run) if work is None else _timing.rounds_in_use(run, work)
     if not times:
         return home.name, f"fastest: no engine takes this call without a copy ({refused}); using {home.name}"

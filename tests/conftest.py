@@ -93,3 +93,14 @@ def _isolated_selection(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(select.ENV_VAR, raising=False)
     monkeypatch.setattr(select, "_env_value", select._UNREAD)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_call_memory(monkeypatch: pytest.MonkeyPatch):
+    """Every test starts with no remembered calls, as a fresh process would: a call that an
+    earlier test remembered (with the engine its settings gave) must not skip this test's
+    checks."""
+    from batchmv import _cache
+
+    monkeypatch.setattr(_cache, "calls", _cache.Runners(_cache.MAX_CALLS))
+    yield

@@ -11,14 +11,14 @@ import pytest
 
 import batchmv._registry as registry
 
-NAMES = sorted({*registry.ENGINES, *getattr(registry, "COLLECTIONS", {})})
+NAMES = sorted({*registry.ENGINES, *getattr(registry, "ADAPTERS", {})})
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_engine_module_examples_run(name):
     if importlib.util.find_spec(f"batchmv.backends.{name}") is None:
         pytest.skip(f"batchmv has no {name} module yet")
-    package = registry.ENGINES[name].package if name in registry.ENGINES else registry.COLLECTIONS[name].package
+    package = registry.ENGINES[name].package if name in registry.ENGINES else registry.ADAPTERS[name].package
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"{package} is not installed")
     result = doctest.testmod(importlib.import_module(f"batchmv.backends.{name}"))

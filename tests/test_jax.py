@@ -265,7 +265,7 @@ def test_compiled_program_positive_controls():
 # refusals
 # ---------------------------------------------------------------------------------------
 def _aligned_float32(arr: np.ndarray) -> np.ndarray:
-    from batchmv.backends.numpy import aligned_empty
+    from batchmv._memory import aligned_empty
 
     copy = aligned_empty(arr.shape, np.float32)
     np.copyto(copy, arr, casting="same_kind")
@@ -384,7 +384,7 @@ def run(name, fn):
 _CROSSING_CHILD = _CASE_RUNNER + """
 import numpy as np, torch, jax, jax.numpy as jnp
 import batchmv, support
-from batchmv import _driver
+from batchmv import _call
 
 rng = np.random.default_rng(0)
 
@@ -405,7 +405,7 @@ def ptr(a):
     return a.unsafe_buffer_pointer()
 
 def crossing(A, x, backend, axis=-1):
-    call = _driver.build(A, x, axis, None, backend, None)
+    call = _call.build(A, x, axis, None, backend, None)
     y = batchmv.matvec(A, x, axis=axis, backend=backend)
     ref = support.reference(A, x, axis)
     got = support.to_numpy(y)
@@ -609,7 +609,7 @@ def test_sharding():
 
 _X64_CHILD = _CASE_RUNNER + """
 import numpy as np, jax, jax.numpy as jnp, batchmv, support
-from batchmv import _driver
+from batchmv import _call
 assert jax.config.jax_enable_x64
 rng = np.random.default_rng(0)
 
@@ -630,7 +630,7 @@ def from_numpy():
     a = raw[s : s + 120].view(np.float64).reshape(3, 5)
     a[...] = rng.standard_normal((3, 5))
     x = rng.standard_normal((4, 5))
-    call = _driver.build(a, jnp.asarray(x), -1, None, None, None)
+    call = _call.build(a, jnp.asarray(x), -1, None, None, None)
     y = batchmv.matvec(a, jnp.asarray(x))
     return {"shared": call.a.unsafe_buffer_pointer() == a.__array_interface__["data"][0],
             "dtype": str(y.dtype), "err": float(np.abs(np.asarray(y) - x @ a.T).max())}
@@ -680,7 +680,7 @@ def test_engine_answers(mats):
     A, x, _, _ = mats
     assert engine.strides(x) == (5, 1) and engine.device(x) == "cpu"
     assert engine.address(x) == (x.unsafe_buffer_pointer(), 0)
-    assert engine.in_transform(A, x) and not engine.tracks_graph(A, x)
+    assert not engine.strided and not engine.tracks_graph(A, x)  # one expression, no views
     assert engine.export_refusal(x) is None
     assert engine.signature(A, x) == engine.signature(A, 2 * x) != engine.signature(A, x[:3])
 

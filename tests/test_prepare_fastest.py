@@ -79,6 +79,8 @@ def test_fastest_picks_an_eligible_engine_and_says_why(rng, home, monkeypatch, t
     monkeypatch.setattr(batchmv._tune, "_choices", {})
     monkeypatch.setattr(batchmv._tune, "_disk_loaded", False)
     a, x = _problem(rng, home, dtype="float32", m=64, n=48, batch=(300,))
+    assert any("not measured yet" in note for note in batchmv.plan(a, x, backend="fastest").notes)
+    batchmv.matvec(a, x, backend="fastest")  # measures
     p = batchmv.plan(a, x, backend="fastest")
     assert p.backend in batchmv.available_backends()
     assert p.copies == ()  # only engines that take the call without a copy compete
@@ -99,6 +101,7 @@ def test_fastest_cache_file_is_reloaded_and_bad_files_are_ignored(rng, monkeypat
     a, x = _problem(rng, "numpy", dtype="float32", m=64, n=48, batch=(300,))
     monkeypatch.setattr(tune, "_choices", {})
     monkeypatch.setattr(tune, "_disk_loaded", False)
+    batchmv.matvec(a, x, backend="fastest")  # measures
     chosen = batchmv.plan(a, x, backend="fastest").backend
     # a new process would load the file and trust it: the choice is the cached one
     monkeypatch.setattr(tune, "_choices", {})
@@ -112,11 +115,14 @@ def test_fastest_cache_file_is_reloaded_and_bad_files_are_ignored(rng, monkeypat
     foreign = dict(data, machine={"node": "elsewhere"})
     for content in ("{not json", json.dumps({"format": "other"}), json.dumps(foreign), json.dumps(tampered)):
         path.write_text(content)
-        monkeypatch.setattr(tune, "_choices", {})
+        monkeypatch.setattr(tune, "_choices", {})  # a new process: nothing decided, nothing remembered
         monkeypatch.setattr(tune, "_disk_loaded", False)
+        monkeypatch.setattr(batchmv._cache, "calls", batchmv._cache.Runners(batchmv._cache.MAX_CALLS))
         with pytest.warns(RuntimeWarning, match="ignoring the tuning cache"):
             notes = batchmv.plan(a, x, backend="fastest").notes
-        assert any("measured" in n and "cached" not in n for n in notes)
+        assert any("not measured yet" in n for n in notes)  # the file's choice is not trusted
+        batchmv.matvec(a, x, backend="fastest")  # measured again
+        assert any(n.startswith("fastest: ") and "cached choice" in n for n in batchmv.plan(a, x, backend="fastest").notes)
 
 
 def test_fastest_keeps_gradients_on_torch():
@@ -161,6 +167,7 @@ def test_fastest_keeps_the_home_engine_unless_another_is_clearly_faster(rng, mon
     monkeypatch.setattr(timing, "rounds_in_use", lambda run, work, budget_s=0.05: rounds[run.__defaults__[0].engine.name])
     monkeypatch.setattr(timing, "median_seconds", lambda run, **_: 0.25)  # the home library's work alone
     a, x = _problem(rng, "numpy", dtype="float32", m=8, n=8, batch=(4,))
+    batchmv.matvec(a, x, backend="fastest")  # measures
     plan = batchmv.plan(a, x, backend="fastest")
     assert plan.backend == chosen
     assert "numpy 750 ms" in plan.notes[0] and f"torch {(torch_time - 0.25) * 1e3:.3g} ms" in plan.notes[0]

@@ -1,0 +1,229 @@
+"""From arguments to a checked call: input checks, sharing across libraries, the engine,
+the schedule and the copies it costs.  Nothing is computed here (:mod:`batchmv._run` runs a
+call, :func:`batchmv._plan.describe` reports it).  Knows no library by name: everything
+library-specific is a call on an engine from the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
+
+from . import _layout, _registry, _select
+from ._checks import SEQUENCES, check_copy, check_shapes, dlpack_device, refuse_copies
+from ._errors import CopyRequiredError
+
+#: ``choose(home, a, x, axis, dtype) -> (engine name, note)``: how a call with
+#: ``backend="fastest"`` gets its engine (:mod:`batchmv._tune` measures or recalls).
+Chooser = Callable[[Any, Any, Any, int, Any], tuple[str, str]]
+
+
+class Call(NamedTuple):
+    """One checked call, ready to plan or run."""
+
+    home: Any  #: engine of the library that owns the result
+    engine: Any  #: engine that computes
+    a: Any  #: A as the engine's array
+    x: Any  #: x as the engine's array
+    out: Any  #: the caller's ``out`` (home array) or None
+    out_e: Any  #: ``out`` as the engine's array, or None when it cannot be shared
+    axis: int
+    dtype: Any  #: result dtype, in the engine's terms
+    y_shape: tuple[int, ...]
+    schedule: Optional[_layout.Schedule]  #: None for an expression (no strides, or under vmap)
+    tracks_graph: bool
+    copies: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def to_home(obj: Any, label: str, home: Any, allow_copy: bool, copies: list[str]) -> Any:
+    """``obj`` as an array of the home library, shared without a copy where possible."""
+    lib = _registry.library_of(obj)
+    if lib == home.name:
+        return home.asarray(obj)  # numpy scalars become 0-d arrays; arrays pass through
+    if lib is not None:
+        source = _registry.get_engine(lib)
+        refusal = source.export_refusal(obj)
+        if refusal:
+            raise TypeError(f"{label} ({lib}) cannot be shared with {home.name}: {refusal}")
+        arr, reason = _adopt(home, obj, label, allow_copy, source)
+    elif hasattr(obj, "__dlpack__"):
+        arr, reason = _adopt(home, obj, label, allow_copy)
+    elif isinstance(obj, SEQUENCES):
+        reason = f"{label}: Python {type(obj).__name__} converted to an array with numpy.asarray"
+        if not allow_copy:
+            raise CopyRequiredError(f"{reason}; copy=False forbids it")
+        arr = _registry.get_engine(_registry.SEQUENCE_HOME).asarray(obj)
+        if home.name != _registry.SEQUENCE_HOME:
+            arr, _ = home.adopt(arr, allow_copy=True, writable=False)
+    else:
+        raise TypeError(
+            f"{label} must be an array (numpy, torch, jax or cupy, or any object with __dlpack__) "
+            f"or a Python sequence; got {type(obj).__module__}.{type(obj).__qualname__}"
+        )
+    if reason:
+        copies.append(reason)
+    return arr
+
+
+def _adopt(engine: Any, obj: Any, label: str, allow_copy: bool, source: Any = None) -> tuple[Any, Optional[str]]:
+    try:
+        arr, reason = engine.adopt(obj, allow_copy=allow_copy, writable=False, source=source)
+    except CopyRequiredError as err:
+        raise CopyRequiredError(f"{label}: {err}; copy=False forbids the copy") from None
+    return arr, (f"{label}: {reason}" if reason else None)
+
+
+def share(engine: Any, arr: Any, home: Any, label: str, allow_copy: bool, copies: list[str]) -> Any:
+    """``arr`` (an array of ``home``) as an array of ``engine``, without a copy where possible."""
+    refusal = home.export_refusal(arr)
+    if refusal:
+        raise TypeError(f"the {engine.name} engine cannot compute {label} ({home.name}): {refusal}")
+    shared, reason = _adopt(engine, arr, label, allow_copy, home)
+    copies.extend([reason] if reason else [])
+    return shared
+
+
+def build(
+    a: Any, x: Any, axis: Any, out: Any, backend: Optional[str], copy: object, choose: Optional[Chooser] = None
+) -> Call:
+    """Check a call and decide everything about it; nothing is computed.  ``choose`` gives
+    the engine of a call with ``backend="fastest"`` (without it: the home library's)."""
+    allow_copy = check_copy(copy)
+    copies: list[str] = []
+    home_name, engine_name = _select.route(type(a), type(x), backend)
+    lib_a = _registry.library_of(a)
+    if lib_a is None or lib_a != _registry.library_of(x):  # compare devices before any import
+        _check_devices(a, x)
+    home = _registry.get_engine(home_name)
+    x_h = to_home(x, "x", home, allow_copy, copies)
+    a_h = to_home(a, "A", home, allow_copy, copies)
+
+    ax, y_shape = check_shapes(home.shape(a_h), home.shape(x_h), axis)
+    if home.device(a_h) != home.device(x_h):
+        raise TypeError(
+            f"A is on {home.device(a_h)} and x on {home.device(x_h)}; batchmv never moves data between devices"
+        )
+    dtype = home.result_dtype(a_h, x_h)
+    home.check_dtype(dtype)
+    if out is not None:
+        _check_out(home, out, y_shape, dtype, home.device(x_h))
+
+    notes: list[str] = []
+    if engine_name == "fastest":
+        refusal = home.export_refusal(x_h) or home.export_refusal(a_h)
+        if refusal:
+            engine_name = home.name
+            notes.append(f"fastest: {home.name}, the only engine that can take it: {refusal}")
+        elif choose is None:
+            engine_name = home.name
+            notes.append(f"fastest: {home.name}, the home library's engine (this caller does not measure)")
+        else:
+            engine_name, why = choose(home, a_h, x_h, ax, dtype)
+            notes.append(why)
+    engine = _registry.get_engine(engine_name)
+    if engine is home:
+        a_e, x_e, out_e = a_h, x_h, out
+    else:
+        a_e = share(engine, a_h, home, "A", allow_copy, copies)
+        x_e = share(engine, x_h, home, "x", allow_copy, copies)
+        out_e = None
+        if out is not None:
+            try:
+                out_e, _ = engine.adopt(out, allow_copy=False, writable=True, source=home)
+            except CopyRequiredError as err:
+                copies.append(f"out: {err}; result computed by {engine.name} and copied into out")
+        # the result keeps the home library's promotion (numpy: int32 with float32 gives
+        # float64; torch: float32), whichever engine computes it: the engine's name for
+        # that dtype is the dtype of a one-element home array adopted by the engine
+        probe = home.empty((1,), dtype, x_h)
+        dtype = engine.dtype_of(engine.adopt(probe, allow_copy=True, writable=False, source=home)[0])
+        engine.check_dtype(dtype)
+
+    tracks = engine.tracks_graph(a_e, x_e)
+    if out is not None and tracks:
+        raise ValueError("out= cannot be used when A or x requires grad: the result must stay in the autograd graph")
+    if not engine.strided or engine.in_transform(a_e, x_e):
+        if out is not None and engine is home:
+            raise ValueError("out= cannot be used inside a transform (vmap/grad)")
+        notes.append(engine.expression_note)
+        casts = [  # operands are cast to the result dtype (the home library's promotion)
+            f"{label}: cast from {engine.dtype_name(arr)} to the result dtype {dtype}"
+            for label, arr in (("A", a_e), ("x", x_e))
+            if engine.dtype_of(arr) != dtype
+        ]
+        copies.extend(casts)
+        refuse_copies(copies, allow_copy)  # casts, or an out= the engine cannot write
+        return Call(home, engine, a_e, x_e, out, None, ax, dtype, y_shape, None, tracks, tuple(copies), tuple(notes))
+
+    a_cast = _cast_reason(engine, a_e, "A", dtype)
+    x_cast = _cast_reason(engine, x_e, "x", dtype)
+    out_strides = None
+    if out_e is not None:
+        clash = [label for label, arr in (("A", a_e), ("x", x_e)) if _overlap(engine, out_e, arr)]
+        if clash:
+            copies.append(f"out overlaps {' and '.join(clash)}: result computed in a temporary, then copied into out")
+        else:
+            out_strides = engine.strides(out_e)
+    sched = _layout.schedule(
+        engine.shape(a_e), engine.strides(a_e), engine.shape(x_e), engine.strides(x_e), ax,
+        out_strides, engine.needs_blas_layout(dtype), a_cast, x_cast,
+    )  # fmt: skip
+    copies[:0] = [c for c in (sched.a_copy, sched.x_copy) if c]
+    if out_strides is not None and not sched.out_direct and not sched.zero_axes:
+        copies.append(
+            f"out: strides {tuple(out_strides)} cannot take the GEMM result directly; "
+            "result computed in a temporary, then copied into out"
+        )
+    if sched.zero_axes:
+        notes.append(f"x has stride 0 along axes {sched.zero_axes}: each distinct vector is multiplied once, then broadcast")
+    refuse_copies(copies, allow_copy)
+    return Call(home, engine, a_e, x_e, out, out_e, ax, dtype, y_shape, sched, tracks, tuple(copies), tuple(notes))
+
+
+def _check_devices(a: Any, x: Any) -> None:
+    """A and x from two libraries on two devices: TypeError naming both, before either is
+    imported into the other's library (an import could fail obscurely, or copy)."""
+    dev_a, dev_x = dlpack_device(a), dlpack_device(x)
+    if dev_a is not None and dev_x is not None and dev_a != dev_x:
+        lib_a, lib_x = (_registry.library_of(v) or type(v).__name__ for v in (a, x))
+        raise TypeError(
+            f"A ({lib_a}) is on {dev_a} and x ({lib_x}) on {dev_x}; batchmv never moves data between devices"
+        )
+
+
+def _check_out(home: Any, out: Any, y_shape: tuple[int, ...], dtype: Any, device: str) -> None:
+    if not home.is_native(out):
+        raise TypeError(
+            f"out must be a {home.name} array (the result's library); got {type(out).__module__}.{type(out).__qualname__}"
+        )
+    if home.shape(out) != y_shape:
+        raise ValueError(f"out has shape {home.shape(out)}; the result has shape {y_shape}")
+    if home.dtype_of(out) != dtype:
+        raise TypeError(f"out has dtype {home.dtype_name(out)}; the result has dtype {dtype} (batchmv never casts silently)")
+    if home.device(out) != device:
+        raise TypeError(f"out is on {home.device(out)} and the inputs on {device}")
+    if not home.is_writable(out):
+        raise ValueError("out is read-only")
+    if 0 not in y_shape and any(st == 0 and size > 1 for st, size in zip(home.strides(out), y_shape)):
+        raise ValueError(f"out has stride 0 along an axis (strides {home.strides(out)}): several results would share one element")
+
+
+def _cast_reason(engine: Any, arr: Any, label: str, dtype: Any) -> str | None:
+    if engine.dtype_of(arr) != dtype:
+        return f"{label}: cast from {engine.dtype_name(arr)} to the result dtype {dtype}"
+    special = engine.must_copy(arr)
+    return f"{label} {special}" if special else None
+
+
+def _overlap(engine: Any, a: Any, b: Any) -> bool:
+    size = engine.itemsize(a)
+    shape_a, shape_b = engine.shape(a), engine.shape(b)
+    bytes_a = tuple((s or 0) * size for s in engine.strides(a))
+    bytes_b = tuple((s or 0) * engine.itemsize(b) for s in engine.strides(b))
+    return _layout.overlaps(
+        _layout.extent(engine.address(a)[0], shape_a, bytes_a, size),
+        _layout.extent(engine.address(b)[0], shape_b, bytes_b, engine.itemsize(b)),
+    )
+
+

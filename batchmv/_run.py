@@ -1,0 +1,114 @@
+"""Running a checked call (:class:`batchmv._call.Call`): the views and GEMMs of its
+schedule, or the engine's expression, and the result handed back to its home library."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+from ._call import Call
+
+
+def _reshape(eng: Any, arr: Any, perm: tuple[int, ...], shape: tuple[int, ...]) -> Any:
+    """``arr`` permuted by ``perm`` and viewed as ``shape``, skipping steps that change nothing."""
+    if perm != tuple(range(len(perm))):
+        arr = eng.permute(arr, perm)
+    return arr if eng.shape(arr) == shape else eng.view(arr, shape)
+
+
+def runner(call: Call) -> Callable[[Any, Any], Any] | None:
+    """``run(A, x)``, which repeats ``call`` on any arrays of the same signature
+    (``Engine.signature``): for a call on the engine of its home library, with no ``out``,
+    no copy and one kernel.  None for any other call.  ``execute`` runs such calls through
+    it, and the call caches remember it, so that a repeated call skips every check.
+
+    >>> import numpy as np
+    >>> from batchmv._call import build
+    >>> run = runner(build(np.eye(3), np.ones((4, 3)), -1, None, None, None))
+    >>> run(np.arange(9.0).reshape(3, 3), np.ones((2, 3)))
+    array([[ 3., 12., 21.],
+           [ 3., 12., 21.]])
+    """
+    eng, sched, axis = call.engine, call.schedule, call.axis
+    if eng is not call.home or call.out is not None or call.copies:
+        return None
+    if sched is None:
+        return lambda a, x: eng.expression(a, x, axis)
+    if sched.loop_shape or sched.zero_axes:
+        return None
+    perm, view_shape, split_shape = sched.perm, sched.view_shape, sched.split_shape
+    permute_x = perm != tuple(range(len(perm)))
+    view_x = tuple(eng.shape(call.x)[i] for i in perm) != view_shape
+    view_y = split_shape != (sched.rows, call.y_shape[axis])
+    unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute_x else None
+    if not (permute_x or view_x or view_y):
+        return lambda a, x: eng.gemm(x, a)  # x is the GEMM's X2 and its result is y
+
+    def run(a: Any, x: Any) -> Any:
+        if permute_x:
+            x = eng.permute(x, perm)
+        y = eng.gemm(eng.view(x, view_shape) if view_x else x, a)
+        if view_y:
+            y = eng.view(y, split_shape)
+        return eng.permute(y, unperm) if unperm else y
+
+    return run
+
+
+def execute(call: Call) -> Any:
+    """Run a built call and return the result (``out`` itself when given)."""
+    run = runner(call)
+    if run is not None:
+        return run(call.a, call.x)
+    eng, sched = call.engine, call.schedule
+    if sched is None:
+        a, x = call.a, call.x
+        a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
+        return _deliver(call, eng.expression(a, x, call.axis))
+    a, x = call.a, call.x
+    if sched.a_copy:
+        a = eng.c_order_copy(a, call.dtype)
+    if sched.zero_axes:
+        x = eng.take_first(x, sched.zero_axes)
+    if sched.x_copy:
+        x = eng.vectors_last_copy(x, call.axis, call.dtype)
+    x2 = _reshape(eng, x, sched.perm, sched.view_shape)
+    r_shape = (*sched.loop_shape, sched.rows, call.y_shape[call.axis])
+    direct = call.out_e is not None and sched.out_direct
+    r2 = _reshape(eng, call.out_e, sched.perm, r_shape) if direct else None
+    if r2 is None and eng is not call.home:  # a result another library adopts
+        r2 = eng.empty(r_shape, call.dtype, x)
+    if not sched.loop_shape:
+        r2 = eng.gemm(x2, a, r2)
+    elif call.tracks_graph:
+        r2 = eng.stack([eng.gemm(x2[i], a) for i in itertools.product(*map(range, sched.loop_shape))], r_shape)
+    else:
+        if r2 is None:
+            r2 = eng.empty(r_shape, call.dtype, x)
+        for i in itertools.product(*map(range, sched.loop_shape)):
+            eng.gemm(x2[i], a, r2[i])
+    if direct:
+        return call.out
+    y = eng.view(r2, sched.split_shape) if sched.split_shape != r_shape else r2
+    if sched.perm != tuple(range(len(sched.perm))):
+        y = eng.permute(y, tuple(sorted(range(len(sched.perm)), key=sched.perm.__getitem__)))
+    if call.out_e is not None:
+        eng.assign(call.out_e, y)
+        return call.out
+    if sched.zero_axes:
+        y = eng.broadcast_copy(y, call.y_shape)
+    return _deliver(call, y)
+
+
+def _deliver(call: Call, y: Any) -> Any:
+    """The engine's result ``y`` as the caller gets it: a home-library array sharing its
+    memory, or written into ``out`` when ``out`` could not be shared with the engine (that
+    copy is in the plan)."""
+    y_home = y if call.engine is call.home else call.home.adopt_result(y, allow_copy=False, writable=False, source=call.engine)[0]
+    if call.out is None:
+        return y_home
+    call.home.assign(call.out, y_home)
+    return call.out
+
+
