@@ -224,3 +224,29 @@ def test_remembered_calls_keep_no_array_alive(rng, lib):
     del op
     gc.collect()
     assert refs[0]() is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lib", support.lib_params())
+def test_the_first_call_of_a_process_is_remembered(lib):
+    """In a fresh process (BATCHMV_BACKEND not read yet), the first call of a kind is
+    remembered: the second skips the checks (counted by wrapping the checks' entry)."""
+    code = f"""
+        import batchmv, support
+        from batchmv import _call
+        builds = []
+        original = _call.build
+        _call.build = lambda *args, **kw: builds.append(1) or original(*args, **kw)
+        import numpy as np
+        rng = np.random.default_rng(0)
+        a = support.to_lib(rng.standard_normal((6, 4)), {lib!r})
+        x = support.to_lib(rng.standard_normal((3, 4)), {lib!r})
+        batchmv.matvec(a, x)
+        batchmv.matvec(a, x)
+        assert len(builds) == 1, builds
+        other = support.to_lib(rng.standard_normal((4, 3)), {lib!r})
+        batchmv.matvec(a, other, axis=0)  # positive control: a new kind is checked
+        assert len(builds) == 2, builds
+    """
+    proc = support.run_python(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]

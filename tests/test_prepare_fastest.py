@@ -171,3 +171,29 @@ def test_fastest_keeps_the_home_engine_unless_another_is_clearly_faster(rng, mon
     plan = batchmv.plan(a, x, backend="fastest")
     assert plan.backend == chosen
     assert "numpy 750 ms" in plan.notes[0] and f"torch {(torch_time - 0.25) * 1e3:.3g} ms" in plan.notes[0]
+
+
+@pytest.mark.parametrize("home", support.lib_params())
+def test_plan_with_fastest_times_nothing(rng, home, monkeypatch):
+    """plan(..., backend="fastest") on a kind never measured runs no GEMM and no timer: it
+    names the home engine and the candidates (counted by wrapping every engine's kernels
+    and the timer; a matvec afterwards is the positive control)."""
+    monkeypatch.delenv("BATCHMV_TUNE_CACHE", raising=False)
+    monkeypatch.setattr(batchmv._tune, "_choices", {})
+    monkeypatch.setattr(batchmv._tune, "_disk_loaded", True)
+    kernels = []
+    for name in batchmv.available_backends():
+        engine = batchmv._registry.get_engine(name)
+        for method in ("gemm", "expression"):
+            if hasattr(engine, method):
+                original = getattr(engine, method)
+                monkeypatch.setattr(engine, method, lambda *a, _f=original, **k: kernels.append(1) or _f(*a, **k))
+    timed = []
+    original_times = batchmv._timing.run_times
+    monkeypatch.setattr(batchmv._timing, "run_times", lambda *a, **k: timed.append(1) or original_times(*a, **k))
+    a, x = _problem(rng, home, dtype="float32", m=16, n=8, batch=(40,))
+    p = batchmv.plan(a, x, backend="fastest")
+    assert kernels == [] and timed == []
+    assert p.backend == home and "not measured yet" in p.notes[0] and "the first matvec of this kind times" in p.notes[0]
+    batchmv.matvec(a, x, backend="fastest")
+    assert kernels and timed
