@@ -72,7 +72,10 @@ class TorchEngine(StridedEngine):
         return not a.is_inference() or torch.is_inference_mode_enabled()
 
     def result_dtype(self, a: torch.Tensor, x: torch.Tensor) -> torch.dtype:
-        dtype = torch.promote_types(a.dtype, x.dtype)
+        try:
+            dtype = torch.promote_types(a.dtype, x.dtype)
+        except RuntimeError as err:  # (float8 types have no promotion)
+            raise TypeError(f"the torch engine cannot combine dtypes {a.dtype} and {x.dtype}: {err}") from err
         if a.device.type == "cuda":
             _check_cuda_dtype(dtype)
         return dtype

@@ -67,10 +67,21 @@ def to_home(obj: Any, label: str, home: Any, allow_copy: bool, copies: list[str]
 
 
 def _adopt(engine: Any, obj: Any, label: str, allow_copy: bool, source: Any = None) -> tuple[Any, Optional[str]]:
+    """``engine.adopt(obj)`` with its failures in the documented forms: CopyRequiredError
+    naming ``label``; TypeError naming the dtype and the engine for anything a library
+    raises when it cannot carry an array across (a dtype DLPack or the engine lacks)."""
     try:
         arr, reason = engine.adopt(obj, allow_copy=allow_copy, writable=False, source=source)
     except CopyRequiredError as err:
         raise CopyRequiredError(f"{label}: {err}; copy=False forbids the copy") from None
+    except (TypeError, ValueError):
+        raise
+    except Exception as err:  # noqa: BLE001 - RuntimeError, BufferError, a library's own errors
+        lib = _registry.library_of(obj) or type(obj).__name__
+        raise TypeError(
+            f"the {engine.name} engine cannot take {label} ({lib}, dtype {getattr(obj, 'dtype', '?')}): "
+            f"{type(err).__name__}: {err}"
+        ) from err
     return arr, (f"{label}: {reason}" if reason else None)
 
 
@@ -136,8 +147,8 @@ def build(
         # the result keeps the home library's promotion (numpy: int32 with float32 gives
         # float64; torch: float32), whichever engine computes it: the engine's name for
         # that dtype is the dtype of a one-element home array adopted by the engine
-        probe = home.empty((1,), dtype, x_h)
-        dtype = engine.dtype_of(engine.adopt(probe, allow_copy=True, writable=False, source=home)[0])
+        probe = _adopt(engine, home.empty((1,), dtype, x_h), "the result", True, home)[0]
+        dtype = engine.dtype_of(probe)
         engine.check_dtype(dtype)
 
     tracks = engine.tracks_graph(a_e, x_e)
