@@ -104,7 +104,7 @@ def test_cli_entry_points(small):
     out = tmp_path / "Y.npy"
     r = subprocess.run([sys.executable, "-m", "batchmv", "apply", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--memory-budget" in r.stdout and "--scheduler" in r.stdout
-    from batchmv import cli
+    from batchmv.tools import cli
 
     assert cli.main(["apply", str(tmp_path / "A.npy"), str(tmp_path / "X.npy"), "-o", str(out), "--quiet"]) == 0
     np.testing.assert_allclose(np.load(out), X @ A.T, rtol=1e-5, atol=1e-5)
