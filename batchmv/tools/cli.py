@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from batchmv import _apply, _bench
+from batchmv import _bench
 
 from . import demo, info
+from .apply import command as apply_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="batchmv", description="Batched matrix-vector products with one shared matrix, as one GEMM."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for subcommand in (info, demo, _apply, _bench):
+    for subcommand in (info, demo, apply_command, _bench):
         subcommand.add_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
