@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from batchmv import _bench
-
 from . import demo, info
 from .apply import command as apply_command
+from .bench import command as bench_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="batchmv", description="Batched matrix-vector products with one shared matrix, as one GEMM."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for subcommand in (info, demo, apply_command, _bench):
+    for subcommand in (info, demo, apply_command, bench_command):
         subcommand.add_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -1,4 +1,4 @@
-"""``batchmv bench``, the ``"fastest"`` section: the engine ``"fastest"`` picks against every
+"""The ``"fastest"`` section of ``batchmv bench``: the engine ``"fastest"`` picks against every
 engine measured alone, each in its own process.
 
 For each home library (numpy, torch) and each point (float32, A in C order), one child
@@ -28,7 +28,7 @@ from typing import Any
 HOMES = ("numpy", "torch")
 QUICK_POINTS = ((64, 64, 256), (1024, 1024, 256))
 FULL_POINTS = ((64, 64, 256), (256, 256, 4096), (1024, 1024, 256), (1024, 1024, 4096), (4096, 4096, 64), (256, 256, 100_000))
-_CHILD = "import sys, batchmv._isolation as i; i.child(sys.stdin.read())"
+_CHILD = "import sys, batchmv.tools.bench.isolation as i; i.child(sys.stdin.read())"
 SETTLE_S = 0.3
 
 
@@ -105,7 +105,9 @@ def child(spec_text: str) -> None:
 
     import batchmv
 
-    from . import _bench, _registry, _timing, _tune
+    from batchmv import _registry, _timing, _tune
+
+    from .timing import measure
 
     spec = json.loads(spec_text)
     home, backend, threads = spec["home"], spec["backend"], spec["threads"]
@@ -127,7 +129,7 @@ def child(spec_text: str) -> None:
                 call = lambda: batchmv.matvec(A, X, backend=backend, copy=False)  # noqa: E731
                 call()  # warm-up; "fastest" tunes here
                 _settle(call)
-                row["median_s"] = _bench.measure(call, spec["min_time"]).median
+                row["median_s"] = measure(call, spec["min_time"]).median
                 plan = batchmv.plan(A, X, backend=backend)
                 row["chosen"] = plan.backend
                 if backend == "fastest":
