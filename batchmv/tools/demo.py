@@ -13,8 +13,9 @@ import importlib.util
 import os
 import statistics
 import sys
-import time
 from typing import Any, Callable, NamedTuple
+
+from batchmv import _timing
 
 from .arguments import positive
 
@@ -59,21 +60,10 @@ def _share(home: str, arr: Any) -> Any:
     return torch.from_numpy(arr)
 
 
-def _ready(y: Any) -> Any:
-    """``y`` once computed (jax dispatches asynchronously)."""
-    return y.block_until_ready() if hasattr(y, "block_until_ready") else y
-
-
 def _time(fn: Callable[[], Any], repeat: int, warmup: bool = True) -> float:
-    """Median wall time of ``repeat`` calls of ``fn``, in seconds."""
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``repeat`` calls of ``fn`` (each waited for), after one untimed call
+    when ``warmup``."""
+    return statistics.median(_timing.run_times(fn, min_runs=repeat, max_runs=repeat, warmup=int(warmup)))
 
 
 def _layouts(P: Any) -> list[tuple[str, Any, Callable[[Any], Any], int]]:
@@ -223,7 +213,7 @@ def _measure(P: Any, X: Any, homes: list[str], repeat: int, tol: float) -> tuple
                     )
                 else:  # jax: one dot_general; XLA picks the layouts (the tests read its HLO)
                     in_a = not plan.copies
-                seconds = _time(lambda: _ready(batchmv.matvec(A, Xh, backend=engine)), repeat)
+                seconds = _time(lambda: batchmv.matvec(A, Xh, backend=engine), repeat)
                 y = np.asarray(batchmv.matvec(A, Xh, backend=engine), dtype=np.float64)
                 err = float(np.max(np.abs(y - ref) / np.abs(ref)))
                 if err > tol or plan.copies or not in_a:

@@ -25,7 +25,7 @@ class Approach:
     home: str  #: the library of the arrays it takes and returns
     engine: str  #: the library that computes (its peak is the roofline)
     kind: str  #: "batchmv", "prepare", "native" or "peer"
-    make: Callable[[Any, Any], Callable[[], Any]]  #: (A, X) -> the call to time
+    make: Callable[[Any, Any], Callable[[], Any]]  #: (A, X) -> the call to time (the timer waits for its result)
     linear: bool = False  #: cost linear in the batch: may be timed on the first rows and scaled
     dtypes: tuple[str, ...] = ("float32", "float64")
     core: bool = False  #: a peer that runs at every dtype and layout (the others: float32, A in C order)
@@ -49,19 +49,18 @@ def available(libs: dict[str, Any], batchmv: Any, cross: bool) -> list[Approach]
         if home not in libs:
             continue
         dtypes = DTYPES if home == "torch" else ("float32", "float64")
-        sync = _block if home == "jax" else _same
         for engine in engines:
             if engine != home and not cross:
                 continue
             found.append(Approach(
                 f"batchmv.matvec {home}" + ("" if engine == home else f" -> {engine} engine"), home, engine, "batchmv",
-                lambda A, X, engine=engine, sync=sync: (lambda: sync(matvec(A, X, backend=engine))),
+                lambda A, X, engine=engine: (lambda: matvec(A, X, backend=engine)),
                 dtypes=dtypes if engine == home else ("float32",),  # across libraries: float32 only, to save time
             ))  # fmt: skip
         if hasattr(batchmv, "prepare"):
-            prepared = _prepared(batchmv, sync)
+            prepared = _prepared(batchmv)
             found.append(Approach(f"batchmv.prepare(A) {home}", home, home, "prepare", prepared, dtypes=dtypes))
-        fastest = _fastest(matvec, sync)
+        fastest = _fastest(matvec)
         found.append(
             Approach(f"batchmv backend='fastest' {home}", home, home, "batchmv", fastest,
                      dtypes=("float32",), layouts=("C",), max_batch=4096)  # its first call at a shape tunes: seconds
@@ -103,7 +102,7 @@ def available(libs: dict[str, Any], batchmv: Any, cross: bool) -> list[Approach]
         vmapped_jax = jax.jit(jax.vmap(lambda A, x: A @ x, in_axes=(None, 0)))
 
         def jax_(name: str, kind: str, call: Callable[[Any, Any], Any], **kw: Any) -> Approach:
-            return Approach(name, "jax", "jax", kind, lambda A, X: (lambda: call(A, X).block_until_ready()), **kw)
+            return Approach(name, "jax", "jax", kind, lambda A, X: (lambda: call(A, X)), **kw)
 
         found += [
             jax_("jax jit(X @ A.T)", "native", native),
@@ -113,23 +112,15 @@ def available(libs: dict[str, Any], batchmv: Any, cross: bool) -> list[Approach]
     return found
 
 
-def _same(y: Any) -> Any:
-    return y
-
-
-def _block(y: Any) -> Any:
-    return y.block_until_ready()
-
-
-def _prepared(batchmv: Any, sync: Callable[[Any], Any]) -> Callable[[Any, Any], Callable[[], Any]]:
+def _prepared(batchmv: Any) -> Callable[[Any, Any], Callable[[], Any]]:
     def make(A: Any, X: Any) -> Callable[[], Any]:
         op = batchmv.prepare(A)
-        return lambda: sync(op(X))
+        return lambda: op(X)
 
     return make
 
 
-def _fastest(matvec: Callable[..., Any], sync: Callable[[Any], Any]) -> Callable[[Any, Any], Callable[[], Any]]:
+def _fastest(matvec: Callable[..., Any]) -> Callable[[Any, Any], Callable[[], Any]]:
     def make(A: Any, X: Any) -> Callable[[], Any]:
         try:
             matvec(A[:1, :1], X[:1, :1], backend="fastest")
@@ -137,6 +128,6 @@ def _fastest(matvec: Callable[..., Any], sync: Callable[[Any], Any]) -> Callable
             if "fastest" in str(err):  # this version has no backend 'fastest'
                 raise NotApplicable("no backend 'fastest' in this batchmv") from None
             raise
-        return lambda: sync(matvec(A, X, backend="fastest"))
+        return lambda: matvec(A, X, backend="fastest")
 
     return make

@@ -25,7 +25,7 @@ from .arrays import at_point, itemsize, max_rel_error, tolerance
 from .config import HOMES, Config
 from .roofline import engine_peak, roof
 from .targets import NATIVE_LIMIT_S, TARGET3_CHECKS, TARGET3_POINT
-from .timing import Timing, measure, paired
+from .timing import Timing, measure, paired, seconds_per_call, timed_call
 
 
 def points(config: Config) -> list[tuple[int, int, int, str, str]]:
@@ -91,16 +91,12 @@ def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[
             wall = time.perf_counter()
             try:
                 fn = a.make(A, X if rows == b else X[:rows])
-                start = time.perf_counter()
-                y = fn()
-                first = time.perf_counter() - start
+                y, first = timed_call(fn)
                 row["first_call_s"] = first  # includes compilation (jax.jit) and tuning (backend='fastest')
                 row["max_rel_error"] = max_rel_error(libs, y, ref, ref_rows)
                 del y
                 if first > 2 * config.max_call:  # far slower than estimated: one more call is the result
-                    start = time.perf_counter()
-                    fn()
-                    second = time.perf_counter() - start
+                    second = seconds_per_call(fn)
                     t = Timing(second, 0.0, second, 1, 1)
                     row["note"] = f"one call after a warm-up of {first:.2g} s (> 2 * --max-call)"
                 else:

@@ -48,20 +48,15 @@ def _tiny_calls(libs: dict[str, Any], batchmv: Any, home: str, a: Any, x: Any) -
     matvec = batchmv.matvec
     calls: dict[str, Callable[[], Any]] = {}
     if home == "jax":
-        jax = libs["jax"]
-        f = jax.jit(lambda a, x: x @ a.T)
-        calls["native jit(x @ A.T)"] = lambda: f(a, x).block_until_ready()
-        calls["batchmv.matvec(A, x)"] = lambda: matvec(a, x).block_until_ready()
-        if hasattr(batchmv, "prepare"):
-            op = batchmv.prepare(a)
-            calls["batchmv.prepare(A)(x)"] = lambda: op(x).block_until_ready()
-        return calls
-    calls["native x @ A.T"] = lambda: x @ a.T
-    if x.ndim == 1:
-        calls["native A @ x"] = lambda: a @ x
-    if home == "torch":
-        linear = libs["torch"].nn.functional.linear
-        calls["native F.linear(x, A)"] = lambda: linear(x, a)
+        f = libs["jax"].jit(lambda a, x: x @ a.T)
+        calls["native jit(x @ A.T)"] = lambda: f(a, x)
+    else:
+        calls["native x @ A.T"] = lambda: x @ a.T
+        if x.ndim == 1:
+            calls["native A @ x"] = lambda: a @ x
+        if home == "torch":
+            linear = libs["torch"].nn.functional.linear
+            calls["native F.linear(x, A)"] = lambda: linear(x, a)
     calls["batchmv.matvec(A, x)"] = lambda: matvec(a, x)
     if hasattr(batchmv, "prepare"):
         op = batchmv.prepare(a)

@@ -30,7 +30,7 @@ def measure(libs: dict[str, Any], config: Config, tick: Callable[[str], None]) -
             a = to(lib, libs, square.astype("float32" if dtype == "bfloat16" else dtype), dtype)
             if lib == "jax":
                 f = libs["jax"].jit(lambda a, b: a @ b)
-                fn = lambda: f(a, a).block_until_ready()  # noqa: E731
+                fn = lambda: f(a, a)  # noqa: E731
             else:
                 fn = lambda: a @ a  # noqa: E731
             t = timing.measure(fn, max(config.min_time, 0.2))

@@ -3,15 +3,19 @@ manner of ``timeit``: the number of calls per block is calibrated so that a bloc
 about a tenth of ``--min-time``, and blocks run until ``--min-time`` has passed (at least
 3 blocks).  Two calls can also be timed alternating block by block (:func:`paired`), so
 that a change in the machine's load hits both alike.
+
+Every call is timed through :mod:`batchmv._timing`, the library's one timer: each result
+is waited for (jax dispatches asynchronously, GPUs run on streams) and the garbage
+collector is paused while a block runs.
 """
 
 from __future__ import annotations
 
-import gc
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from batchmv import _timing
 
 
 @dataclass
@@ -27,54 +31,44 @@ def measure(fn: Callable[[], Any], min_time: float, first: float | None = None) 
     """Median and IQR of the per-call time of ``fn`` over blocks of calls (after a warm-up,
     or after a call that took ``first`` seconds, which serves as the warm-up)."""
     if first is None:
-        start = time.perf_counter()
-        fn()
-        first = time.perf_counter() - start
+        first = seconds_per_call(fn)
     if first < min_time:  # a second warm-up call (the first may include compilation)
-        start = time.perf_counter()
-        fn()
-        first = time.perf_counter() - start
+        first = seconds_per_call(fn)
     number = max(1, int(min_time / 10 / max(first, 1e-9)))
-    min_blocks = 3 if first >= min_time / 2 else 5
-    times: list[float] = []
-    total = 0.0
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        while len(times) < min_blocks or (total < min_time and len(times) < 1000):
-            start = time.perf_counter()
-            for _ in range(number):
-                fn()
-            elapsed = time.perf_counter() - start
-            times.append(elapsed / number)
-            total += elapsed
-    finally:
-        if enabled:
-            gc.enable()
+    times = _timing.run_times(
+        fn, min_runs=3 if first >= min_time / 2 else 5, max_runs=1000, budget_s=min_time, number=number, warmup=0
+    )
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return Timing(statistics.median(times), q[2] - q[0], min(times), len(times), number)
 
 
+def seconds_per_call(fn: Callable[[], Any], number: int = 1) -> float:
+    """Seconds per call of one block of ``number`` calls of ``fn``, no warm-up."""
+    (seconds,) = _timing.run_times(fn, min_runs=1, max_runs=1, number=number, warmup=0)
+    return seconds
+
+
+def timed_call(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """The result of one call of ``fn`` and its seconds (a warm-up whose result is checked)."""
+    results: list[Any] = []
+
+    def call() -> Any:
+        results.append(fn())
+        return results[-1]
+
+    seconds = seconds_per_call(call)
+    return results[0], seconds
+
+
 def paired(fa: Callable[[], Any], fb: Callable[[], Any], ta: float, tb: float, min_time: float) -> tuple[float, int]:
-    """Median over alternating blocks (a, b, a, b, ...) of time(a) / time(b) per call."""
+    """Median over alternating blocks (a, b, a, b, ...) of time(a) / time(b) per call, the
+    blocks sized from the per-call times ``ta`` and ``tb`` as in :func:`measure`."""
     na, nb = max(1, int(min_time / 10 / ta)), max(1, int(min_time / 10 / tb))
     least = 3 if max(ta, tb) >= min_time / 2 else 7
     ratios: list[float] = []
     total = 0.0
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        while len(ratios) < least or (total < 2 * min_time and len(ratios) < 1000):
-            start = time.perf_counter()
-            for _ in range(na):
-                fa()
-            mid = time.perf_counter()
-            for _ in range(nb):
-                fb()
-            end = time.perf_counter()
-            ratios.append(((mid - start) / na) / ((end - mid) / nb))
-            total += end - start
-    finally:
-        if enabled:
-            gc.enable()
+    while len(ratios) < least or (total < 2 * min_time and len(ratios) < 1000):
+        a, b = seconds_per_call(fa, na), seconds_per_call(fb, nb)
+        ratios.append(a / b)
+        total += a * na + b * nb
     return statistics.median(ratios), len(ratios)
