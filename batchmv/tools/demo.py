@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable, NamedTuple
 
 from batchmv import _timing
+from batchmv._memory import aligned_empty  # 64-byte aligned, as JAX needs to share memory
 
 from .arguments import positive
 
@@ -71,11 +72,7 @@ def _layouts(P: Any) -> list[tuple[str, Any, Callable[[Any], Any], int]]:
 
     The view functions work on numpy arrays and torch tensors alike.
     """
-    import numpy as np
-
     m, _ = P.shape
-    from batchmv.backends.numpy import aligned_empty
-
     W = aligned_empty((P.shape[1], m + 2 * _PAD), P.dtype)
     W[...] = 0
     F = aligned_empty(P.shape[::-1], P.dtype).T
@@ -144,8 +141,6 @@ def run(args: argparse.Namespace) -> int:
 
     # A row-stochastic transition matrix P (skewed positive weights, rows sum to 1) and a
     # batch of value vectors v: y = P @ v is the expected value one step ahead.
-    from batchmv.backends.numpy import aligned_empty  # 64-byte aligned, as JAX needs to share memory
-
     rng = np.random.default_rng(0)
     P, X = aligned_empty((m, n), dtype), aligned_empty((batch, n), dtype)
     weights = rng.random((m, n)) ** 4

@@ -11,9 +11,6 @@ from typing import Any
 
 from .errors import RunFailed
 
-_ALIGN = 64  # block buffers start on a cache line, the same in every run and every process
-
-
 def read_exact(fd: int, buf: Any, offset: int) -> None:
     """Fill the writable bytes-like ``buf`` from ``fd`` at ``offset``."""
     view = memoryview(buf).cast("B")
@@ -30,16 +27,6 @@ def write_exact(fd: int, buf: Any, offset: int) -> None:
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
-
-
-def aligned_empty(count: int, dtype: Any) -> Any:
-    """A 1-D uninitialised array of ``count`` elements starting on a 64-byte boundary."""
-    import numpy as np
-
-    dtype = np.dtype(dtype)
-    raw = np.empty(count * dtype.itemsize + _ALIGN, np.uint8)
-    start = (-raw.ctypes.data) % _ALIGN
-    return raw[start : start + count * dtype.itemsize].view(dtype)
 
 
 def bytes_view(arr: Any) -> Any:

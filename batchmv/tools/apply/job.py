@@ -15,8 +15,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from batchmv import _checks
+from batchmv._memory import aligned_empty
+
 from . import npy
-from .blockio import aligned_empty, bytes_view, read_exact
+from .blockio import bytes_view, read_exact
 from .errors import BadInput, RunFailed
 from .journal import JOURNAL_FORMAT
 from .npy import NpyFile, read_header
@@ -102,7 +105,6 @@ def prepare(args: argparse.Namespace) -> Job:
     import numpy as np
 
     import batchmv
-
     from batchmv import _select
 
     out = os.path.abspath(args.output)
@@ -118,20 +120,9 @@ def prepare(args: argparse.Namespace) -> Job:
     for f in (matrix, vectors):
         if _same_file(out, f):
             raise BadInput(f"OUT {args.output} is the same file as {f.label} {f.path}")
-    if len(matrix.shape) != 2:
-        raise BadInput(f"MATRIX {matrix.path}: A must be 2-D, shape (m, n); got shape {matrix.shape}")
+    axis, y_shape = _check_shapes(matrix, vectors, args.axis)
     m, n = matrix.shape
     ndim = len(vectors.shape)
-    if ndim == 0:
-        raise BadInput(f"VECTORS {vectors.path}: a 0-d array holds no vectors; it must be at least 1-D")
-    if not -ndim <= args.axis < ndim:
-        raise BadInput(f"--axis {args.axis} is out of range for VECTORS with shape {vectors.shape} ({ndim}-D)")
-    axis = args.axis % ndim
-    if vectors.shape[axis] != n:
-        raise BadInput(
-            f"VECTORS has length {vectors.shape[axis]} along axis {axis} (shape {vectors.shape}) but A has "
-            f"n = {n} columns (shape {matrix.shape})"
-        )
     try:
         engine = _select.normalize(args.backend, "--backend") if args.backend is not None else _select.requested(None)
     except (ValueError, TypeError) as err:
@@ -145,7 +136,6 @@ def prepare(args: argparse.Namespace) -> Job:
     shape_s = vectors.shape[::-1] if vectors.fortran else vectors.shape
     axis_s = ndim - 1 - axis if vectors.fortran else axis
     shape3 = (math.prod(shape_s[:axis_s]), n, math.prod(shape_s[axis_s + 1 :]))
-    y_shape = vectors.shape[:axis] + (m,) + vectors.shape[axis + 1 :]
 
     # The budget covers, per vector, its block of VECTORS, its result and the engine's working
     # copy of it (BLAS packs its operands into buffers of its own: one more block, measured with
@@ -183,6 +173,16 @@ def prepare(args: argparse.Namespace) -> Job:
     return job
 
 
+def _check_shapes(matrix: NpyFile, vectors: NpyFile, axis: int) -> tuple[int, tuple[int, ...]]:
+    """(axis, shape of OUT) by batchmv's rule for A and x; BadInput, saying which file is A
+    and which is x, when the files break it."""
+    try:
+        return _checks.check_shapes(matrix.shape, vectors.shape, axis)
+    except (ValueError, TypeError) as err:
+        columns = f" with n = {matrix.shape[1]} columns" if len(matrix.shape) == 2 else ""
+        raise BadInput(f"{err} (A is MATRIX {matrix.path}{columns}; x is VECTORS {vectors.path}; axis is --axis)") from None
+
+
 def _blocking(shape3: tuple[int, int, int], cost: int, budget: int, m: int, n: int, x_item: int, r_item: int) -> tuple[int, int]:
     """(ob, ib): the largest blocks within ``budget`` at ``cost`` bytes per vector."""
     outer, _, inner = shape3
@@ -214,10 +214,8 @@ def _plan_block(batchmv: Any, np: Any, matrix: NpyFile, x_dtype: Any, r_dtype: A
 
 def _load_matrix(matrix: NpyFile, r_dtype: Any) -> Any:
     """A, read whole, in the result dtype (cast once here rather than in every block)."""
-    import numpy as np
-
     storage = matrix.shape[::-1] if matrix.fortran else matrix.shape
-    buf = aligned_empty(math.prod(storage), matrix.dtype)
+    buf = aligned_empty(storage, matrix.dtype)
     try:
         with open(matrix.path, "rb") as f:
             read_exact(f.fileno(), bytes_view(buf), matrix.offset)
@@ -225,8 +223,7 @@ def _load_matrix(matrix: NpyFile, r_dtype: Any) -> Any:
         raise BadInput(f"MATRIX {matrix.path}: truncated while reading") from None
     except OSError as err:
         raise BadInput(f"MATRIX {matrix.path}: cannot read it: {err.strerror or err}") from None
-    a = buf.reshape(storage)
-    a = a.T if matrix.fortran else a
+    a = buf.T if matrix.fortran else buf
     if a.dtype != r_dtype:
         a = a.astype(r_dtype, order="K")
     return a

@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .blockio import aligned_empty, drop_pages, transfer_block
+from batchmv._memory import aligned_empty
+
+from .blockio import drop_pages, transfer_block
 from .errors import BadInput, RunFailed
 from .job import Job
 from .journal import Output
@@ -30,8 +32,9 @@ def run_local(job: Job, output: Output, pending: list[int], bar: Any) -> None:
     import batchmv
 
     (ob, ib), (outer, n, inner), m = job.block, job.shape3, job.y_shape3[1]
-    xbuf = aligned_empty(ob * n * ib, job.vectors.dtype)
-    ybuf = aligned_empty(ob * m * ib, job.result_dtype)
+    # block buffers start on a cache line, the same in every run and every process
+    x_full = aligned_empty((ob, n, ib), job.vectors.dtype)
+    y_full = aligned_empty((ob, m, ib), job.result_dtype)
     fd_x = os.open(job.vectors.path, os.O_RDONLY)
     try:
         _check_unchanged(fd_x, job.vectors)
@@ -40,8 +43,6 @@ def run_local(job: Job, output: Output, pending: list[int], bar: Any) -> None:
         # Every GEMM has the full block's shape: a short last block is padded with zeros.  The
         # engine's working memory then stays the same all run long (OpenBLAS touches other
         # pages of its buffers for another shape), and each block runs the same kernel.
-        x_full = xbuf.reshape(ob, n, ib)
-        y_full = ybuf.reshape(ob, m, ib)
         for k in pending:
             o0, o1, i0, i1 = loc = job.location(k)
             xb, yb = x_full[: o1 - o0, :, : i1 - i0], y_full[: o1 - o0, :, : i1 - i0]
@@ -72,7 +73,7 @@ def _check_unchanged(fd: int, f: NpyFile) -> None:
 def dask_read_block(block_info: Any = None, *, path: str, base: int, shape3: tuple, file_dtype: str) -> Any:
     """A block of VECTORS (as (outer, n, inner)), read on a Dask worker."""
     (o0, o1), _, (i0, i1) = block_info[None]["array-location"]
-    buf = aligned_empty((o1 - o0) * shape3[1] * (i1 - i0), file_dtype).reshape(o1 - o0, shape3[1], i1 - i0)
+    buf = aligned_empty((o1 - o0, shape3[1], i1 - i0), file_dtype)
     fd = os.open(path, os.O_RDONLY)
     try:
         transfer_block(fd, base, tuple(shape3), (o0, o1, i0, i1), buf, write=False)
