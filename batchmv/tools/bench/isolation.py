@@ -96,7 +96,6 @@ def child(spec_text: str) -> None:
     from threadpoolctl import threadpool_limits
 
     import batchmv
-
     from batchmv import _registry, _timing, _tune
 
     from .timing import measure
