@@ -1,6 +1,6 @@
-"""``python -m batchmv``: the command-line interface of :mod:`batchmv.cli`."""
+"""``python -m batchmv``: the command-line interface of :mod:`batchmv.tools.cli`."""
 
-from .cli import main
+from .tools.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -31,12 +31,12 @@ import time
 import numpy as np
 
 import batchmv
-from batchmv import _apply
+from batchmv.tools.apply import command
 
 _HWM = (
     "import sys\n"
-    "from batchmv import _apply\n"
-    "rc = _apply.main(sys.argv[1:])\n"
+    "from batchmv.tools.apply import command\n"
+    "rc = command.main(sys.argv[1:])\n"
     "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
     "print(int(hwm) * 1024)\n"
     "sys.exit(rc)\n"
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
 
     dtype = np.dtype(args.dtype)
-    budget = _apply.parse_size(args.budget)
+    budget = command.parse_size(args.budget)
     results: dict = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "numpy": np.__version__},
         "job": {"rows": args.rows, "n": args.n, "m": args.m, "dtype": args.dtype, "budget": budget},

@@ -1,4 +1,4 @@
-"""The batchmv benchmark suite: the same code as ``batchmv bench`` (batchmv/_bench.py).
+"""The batchmv benchmark suite: the same code as ``batchmv bench`` (batchmv/tools/bench/).
 
 Run: ``.venv/bin/python benchmarks/run.py [--quick] [--json FILE] [--plot FILE.png] ...``
 (``--help`` lists the grid and timing options).  The committed snapshot in
@@ -18,6 +18,6 @@ if __name__ == "__main__":
         import batchmv  # noqa: F401
     except ImportError:  # running from a checkout without batchmv installed
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from batchmv._bench import main
+    from batchmv.tools.bench.command import main
 
     sys.exit(main())

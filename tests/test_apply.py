@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import batchmv
-from batchmv import _apply
+from batchmv.tools.apply import command, runners
 
-APPLY = [sys.executable, "-m", "batchmv._apply"]
+APPLY = [sys.executable, "-m", "batchmv.tools.apply"]
 
 
 def run(*args, timeout=60, **kwargs) -> subprocess.CompletedProcess:
@@ -54,7 +54,7 @@ def small(tmp_path, rng):
 def reference(tmp_path: Path, budget: str = "256K") -> bytes:
     """OUT of an uninterrupted run of the standard small job."""
     ref = tmp_path / "ref.npy"
-    assert _apply.main([str(tmp_path / "A.npy"), str(tmp_path / "X.npy"), "-o", str(ref), "--memory-budget", budget]) == 0
+    assert command.main([str(tmp_path / "A.npy"), str(tmp_path / "X.npy"), "-o", str(ref), "--memory-budget", budget]) == 0
     return ref.read_bytes()
 
 
@@ -86,7 +86,7 @@ def test_result_equals_in_memory(tmp_path, rng, case):
     np.save(tmp_path / "A.npy", np.asfortranarray(A) if a_f else A)
     np.save(tmp_path / "X.npy", np.asfortranarray(X) if x_f else X)
     out = tmp_path / "Y.npy"
-    rc = _apply.main([str(tmp_path / "A.npy"), str(tmp_path / "X.npy"), "-o", str(out), "--axis", str(axis),
+    rc = command.main([str(tmp_path / "A.npy"), str(tmp_path / "X.npy"), "-o", str(out), "--axis", str(axis),
                       "--memory-budget", budget, "--quiet"])  # fmt: skip
     assert rc == 0
     expected = batchmv.matvec(A, X, axis=axis)
@@ -104,7 +104,7 @@ def test_cli_entry_points(small):
     out = tmp_path / "Y.npy"
     r = subprocess.run([sys.executable, "-m", "batchmv", "apply", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "--memory-budget" in r.stdout and "--scheduler" in r.stdout
-    from batchmv import cli
+    from batchmv.tools import cli
 
     assert cli.main(["apply", str(tmp_path / "A.npy"), str(tmp_path / "X.npy"), "-o", str(out), "--quiet"]) == 0
     np.testing.assert_allclose(np.load(out), X @ A.T, rtol=1e-5, atol=1e-5)
@@ -115,10 +115,10 @@ def test_existing_out_is_never_overwritten_without_force(small, capsys):
     out = tmp_path / "Y.npy"
     out.write_bytes(b"precious")
     args = [str(tmp_path / "A.npy"), str(tmp_path / "X.npy"), "-o", str(out), "--quiet"]
-    assert _apply.main(args) == 2
+    assert command.main(args) == 2
     assert "exists; use --force" in capsys.readouterr().err
     assert out.read_bytes() == b"precious"
-    assert _apply.main([*args, "--force"]) == 0
+    assert command.main([*args, "--force"]) == 0
     np.testing.assert_allclose(np.load(out), X @ A.T, rtol=1e-5, atol=1e-5)
 
 
@@ -169,7 +169,7 @@ def test_bad_input(tmp_path, capsys):
     for name, (a, x, extra, text) in cases.items():
         out = tmp_path / "Y.npy"
         args = [str(tmp_path / a), str(tmp_path / x), "-o", str(out), *extra]
-        rc = _apply.main(args)
+        rc = command.main(args)
         err = capsys.readouterr().err
         assert rc == 2, (name, err)
         assert err.count("\n") == 1 and err.startswith("batchmv apply: error: "), (name, err)
@@ -314,8 +314,8 @@ def test_full_disk_keeps_partial_work_then_resume(small, small_tmpfs):
 
 _HWM = (
     "import sys\n"
-    "from batchmv import _apply\n"
-    "rc = _apply.main(sys.argv[1:])\n"
+    "from batchmv.tools.apply import command\n"
+    "rc = command.main(sys.argv[1:])\n"
     "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
     "print(int(hwm) * 1024)\n"
     "sys.exit(rc)\n"
@@ -386,12 +386,12 @@ def test_progress_bar_on_a_terminal_only(small):
 
 
 def test_parse_size():
-    assert _apply.parse_size("32M") == _apply.parse_size("32MiB") == _apply.parse_size("32mb") == 32 * 2**20
-    assert _apply.parse_size("1.5G") == 3 * 2**29
-    assert _apply.parse_size("100") == _apply.parse_size("100B") == 100
+    assert command.parse_size("32M") == command.parse_size("32MiB") == command.parse_size("32mb") == 32 * 2**20
+    assert command.parse_size("1.5G") == 3 * 2**29
+    assert command.parse_size("100") == command.parse_size("100B") == 100
     for bad in ("", "M", "-1M", "1X", "0"):
         with pytest.raises(Exception):
-            _apply.parse_size(bad)
+            command.parse_size(bad)
 
 
 # -- Dask -------------------------------------------------------------------------------------------
@@ -409,7 +409,7 @@ def test_scheduler_runs_the_same_job_on_a_dask_cluster(small, monkeypatch):
             n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
         ) as cluster:
             args = [str(tmp_path / "A.npy"), str(tmp_path / "X.npy"), "-o", str(out), "--memory-budget", "1M"]
-            assert _apply.main([*args, "--scheduler", cluster.scheduler_address, "--quiet"]) == 0
+            assert command.main([*args, "--scheduler", cluster.scheduler_address, "--quiet"]) == 0
             assert out.read_bytes()[:128] == ref[:128]
             # the same blocks; the workers' BLAS runs single-threaded, so the last bits may differ
             np.testing.assert_allclose(np.load(out), np.load(io.BytesIO(ref)), rtol=1e-5, atol=1e-5)
@@ -417,5 +417,5 @@ def test_scheduler_runs_the_same_job_on_a_dask_cluster(small, monkeypatch):
             assert leftovers(out) == []
     finally:
         faulthandler.cancel_dump_traceback_later()
-    monkeypatch.setattr(_apply, "CONNECT_TIMEOUT", 1)
-    assert _apply.main([*args, "--scheduler", "tcp://127.0.0.1:9", "--force", "--quiet"]) == 2  # nobody there
+    monkeypatch.setattr(runners, "CONNECT_TIMEOUT", 1)
+    assert command.main([*args, "--scheduler", "tcp://127.0.0.1:9", "--force", "--quiet"]) == 2  # nobody there

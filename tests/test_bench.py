@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from batchmv import _bench
+from batchmv.tools.bench import command, config, roofline, targets, timing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,28 +53,28 @@ def test_bench_script_and_subcommand_share_the_parser():
 
 
 def test_config_grids():
-    parse = _bench.build_parser().parse_args
-    quick = _bench.Config.from_args(parse(["--quick"]))
+    parse = command.build_parser().parse_args
+    quick = config.Config.from_args(parse(["--quick"]))
     assert quick.dtypes == ["float32"] and (1024, 1024) in quick.shapes and 4096 in quick.batches and not quick.cross
-    full = _bench.Config.from_args(parse([]))
+    full = config.Config.from_args(parse([]))
     assert set(full.dtypes) == {"float32", "float64", "bfloat16"} and 100_000 in full.batches and full.cross
     assert any(m != n for m, n in full.shapes)
-    custom = _bench.Config.from_args(parse(["--m", "8", "16", "--n", "4", "--batch", "3", "1"]))
+    custom = config.Config.from_args(parse(["--m", "8", "16", "--n", "4", "--batch", "3", "1"]))
     assert custom.shapes == [(8, 4), (16, 4)] and custom.batches == [1, 3]
     with pytest.raises(SystemExit):
         parse(["--batch", "0"])
 
 
 def test_roofline_and_measure():
-    ai, attainable = _bench._roof(100.0, 10.0, 64, 64, 1, "float32")
+    ai, attainable = roofline.roof(100.0, 10.0, 64, 64, 1, "float32")
     assert ai == pytest.approx(2 * 64 * 64 / ((64 * 64 + 128) * 4)) and attainable == pytest.approx(ai * 10.0)
-    assert _bench._roof(100.0, 10.0, 1024, 1024, 4096, "float32")[1] == 100.0  # compute bound
-    t = _bench.measure(lambda: sum(range(100)), 0.01)
+    assert roofline.roof(100.0, 10.0, 1024, 1024, 4096, "float32")[1] == 100.0  # compute bound
+    t = timing.measure(lambda: sum(range(100)), 0.01)
     assert t.blocks >= 3 and t.best <= t.median and t.iqr >= 0
 
 
 def test_paired_ratio():
-    ratio, pairs = _bench.paired(lambda: sum(range(2000)), lambda: sum(range(1000)), 2e-5, 1e-5, 0.01)
+    ratio, pairs = timing.paired(lambda: sum(range(2000)), lambda: sum(range(1000)), 2e-5, 1e-5, 0.01)
     assert 1.2 < ratio < 4 and pairs >= 7
 
 
@@ -101,12 +101,12 @@ def test_targets_pass_and_fail():
              "best_native": "native x @ A.T", "overhead_s": 1.5e-6},
         ],
     }  # fmt: skip
-    status = {(t["id"], t["target"].split(">=")[-1].strip()): t["status"] for t in _bench.targets(report)}
+    status = {(t["id"], t["target"].split(">=")[-1].strip()): t["status"] for t in targets.check(report)}
     by_id = {}
     for (tid, _), s in status.items():
         by_id.setdefault(tid, []).append(s)
     assert by_id["1"] == ["FAIL"]  # numpy: 0.060 > 1.05 * 0.050; torch passes on its paired ratio
-    (one,) = [t for t in _bench.targets(report) if t["id"] == "1"]
+    (one,) = [t for t in targets.check(report) if t["id"] == "1"]
     assert one["failures"] == ["1.200 numpy 1024x1024 batch 4096 float32 A C vs numpy X @ A.T"]
     assert by_id["2"] == ["PASS"]
     # numpy.matvec 2.08x, bcast 50x, torch loop 5x on the medians but 9x timed alternately: PASS; no numpy loop
@@ -118,17 +118,17 @@ def test_fastest_and_one_engine_each_time_in_their_own_process():
     """The children of the "fastest" section: a real process per engine, real timings."""
     import types
 
-    from batchmv import _isolation
+    from batchmv.tools.bench import isolation
 
     config = types.SimpleNamespace(min_time=0.005, threads=1, quick=True)
-    alone = _isolation._child("numpy", "numpy", ((16, 16, 8), (32, 16, 4)), config)
+    alone = isolation._child("numpy", "numpy", ((16, 16, 8), (32, 16, 4)), config)
     assert [row["chosen"] for row in alone] == ["numpy", "numpy"] and all(row["median_s"] > 0 for row in alone)
-    (fast,) = _isolation._child("numpy", "fastest", ((16, 16, 8),), config)
+    (fast,) = isolation._child("numpy", "fastest", ((16, 16, 8),), config)
     assert "error" not in fast, fast
     assert fast["median_s"] > 0 and fast["note"].startswith(f"fastest: {fast['chosen']}")
     assert "numpy's own work between calls" in fast["note"] or fast["chosen"] == "numpy"
     assert set(fast["between"]) == {"home_engine_s", "fastest_s", "work_alone_s"}
-    broken = _isolation._child("numpy", "no-such-engine", ((16, 16, 8),), config)
+    broken = isolation._child("numpy", "no-such-engine", ((16, 16, 8),), config)
     assert "unknown backend" in broken[0]["error"]
 
 
@@ -140,6 +140,6 @@ def test_the_fastest_target_compares_with_the_best_engine_alone():
 
     for ratios, status in (((1.0, 1.04), "PASS"), ((1.0, 1.3), "FAIL")):
         report = {"results": [], "overhead": [], "approaches": [], "fastest": [row(r) for r in ratios]}
-        (found,) = [t for t in _bench.targets(report) if t["id"] == "5"]
+        (found,) = [t for t in targets.check(report) if t["id"] == "5"]
         assert found["status"] == status, found
         assert found["measured"].startswith(f"worst ratio {max(ratios):.3f}")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import batchmv
-from batchmv.cli import main
+from batchmv.tools.cli import main
 
 
 def test_info_reports_engines_blas_and_backend_variable(monkeypatch, capsys):
@@ -47,10 +47,10 @@ def test_demo_quick_agrees_without_copies(capsys):
 
 
 def test_demo_fails_when_a_view_does_not_point_into_a(monkeypatch, capsys):
-    import batchmv.cli as cli
+    from batchmv.tools import demo
 
-    real = cli._layouts
-    monkeypatch.setattr(cli, "_layouts", lambda P: [(label, buf, view, offset + 4) for label, buf, view, offset in real(P)])
+    real = demo._layouts
+    monkeypatch.setattr(demo, "_layouts", lambda P: [(label, buf, view, offset + 4) for label, buf, view, offset in real(P)])
     assert main(["demo", "--m", "8", "--n", "8", "--batch", "16", "--repeat", "1", "--threads", "1"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and " NO " in out
@@ -71,7 +71,7 @@ def test_python_m_batchmv_help():
 
 @pytest.mark.slow
 def test_importing_the_cli_imports_no_array_library():
-    code = "import sys, batchmv.cli; print(sorted({'torch', 'jax', 'cupy', 'dask'} & set(sys.modules)))"
+    code = "import sys, batchmv.tools.cli; print(sorted({'torch', 'jax', 'cupy', 'dask'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

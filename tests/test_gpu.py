@@ -68,7 +68,7 @@ def test_importing_batchmv_imports_no_gpu_library():
         """
         import sys
         import numpy as np
-        import batchmv, batchmv.cli
+        import batchmv, batchmv.tools.cli
         from batchmv._layout import cublas_args
         batchmv.available_backends()
         batchmv.matvec(np.ones((2, 3)), np.ones((4, 3)))
@@ -143,15 +143,15 @@ def test_cupy_without_a_usable_gpu_is_skipped_with_the_reason(fake, expected, mo
 
 
 def test_info_lists_cupy_devices_or_says_why_there_are_none():
-    from batchmv import cli
+    from batchmv.tools import info
 
-    assert cli._cupy_devices(_fake_cupy(count=2, names=("NVIDIA H200", "NVIDIA A100"))) == [
+    assert info._cupy_devices(_fake_cupy(count=2, names=("NVIDIA H200", "NVIDIA A100"))) == [
         "cuda:0 (NVIDIA H200)",
         "cuda:1 (NVIDIA A100)",
     ]
-    (line,) = cli._cupy_devices(_fake_cupy(error=RuntimeError("CUDA driver version is insufficient")))
+    (line,) = info._cupy_devices(_fake_cupy(error=RuntimeError("CUDA driver version is insufficient")))
     assert line.startswith("no usable CUDA device") and "insufficient" in line
-    assert cli._cupy_devices(_fake_cupy(count=0)) == ["no CUDA device"]
+    assert info._cupy_devices(_fake_cupy(count=0)) == ["no CUDA device"]
 
 
 def test_pairs_across_devices_are_skipped_in_the_matrix(monkeypatch):
@@ -531,6 +531,6 @@ def test_jax_gpu_float32_is_not_tf32():
 def test_info_lists_the_gpus():
     if support.cuda_device_problem():
         pytest.skip(support.cuda_device_problem())
-    proc = support.run_python("from batchmv.cli import main; main(['info'])")
+    proc = support.run_python("from batchmv.tools.cli import main; main(['info'])")
     assert proc.returncode == 0, proc.stderr
     assert "cuda:0 (" in proc.stdout, proc.stdout

@@ -1,4 +1,4 @@
-"""``batchmv bench``, the ``"fastest"`` section: the engine ``"fastest"`` picks against every
+"""The ``"fastest"`` section of ``batchmv bench``: the engine ``"fastest"`` picks against every
 engine measured alone, each in its own process.
 
 For each home library (numpy, torch) and each point (float32, A in C order), one child
@@ -10,10 +10,11 @@ does its own work between matvec calls, in which two libraries' thread pools mee
 target: ``"fastest"`` within 5 % of the best isolated engine at every point; the second
 pair shows whether the switch to another library's engine keeps its gain in use.
 
-Every measurement follows :data:`SETTLE_S` seconds of the same calls: the tuning runs every
-engine, and an idle OpenBLAS pool keeps spinning for about 0.1 s (measured here: torch
-GEMMs in that window ran up to 2.2 times slower), which is a moment after tuning, not the
-state the calls run in.
+Every measurement follows :data:`batchmv._timing.SETTLE_S` seconds of the same calls: the
+tuning runs every engine, and an idle thread pool keeps spinning for a while after its
+last call (benchmarks/README.md, "Thread pools"), which slows the next library's calls: a
+moment after tuning, not the state the calls run in.  Every call is timed through
+:mod:`batchmv._timing`.
 """
 
 from __future__ import annotations
@@ -28,17 +29,7 @@ from typing import Any
 HOMES = ("numpy", "torch")
 QUICK_POINTS = ((64, 64, 256), (1024, 1024, 256))
 FULL_POINTS = ((64, 64, 256), (256, 256, 4096), (1024, 1024, 256), (1024, 1024, 4096), (4096, 4096, 64), (256, 256, 100_000))
-_CHILD = "import sys, batchmv._isolation as i; i.child(sys.stdin.read())"
-SETTLE_S = 0.3
-
-
-def _settle(call: Any) -> None:
-    """Run ``call`` for :data:`SETTLE_S` seconds (the other pools fall idle meanwhile)."""
-    import time
-
-    end = time.perf_counter() + SETTLE_S
-    while time.perf_counter() < end:
-        call()
+_CHILD = "import sys, batchmv.tools.bench.isolation as i; i.child(sys.stdin.read())"
 
 
 def run(config: Any, tick: Any) -> list[dict[str, Any]]:
@@ -68,8 +59,9 @@ def run(config: Any, tick: Any) -> list[dict[str, Any]]:
 
 
 def repeats(config: Any) -> int:
-    """Each process runs this many times (different processes on a shared machine differ by
-    10-20 % from run to run; the lower median of two is the steadier number)."""
+    """Each process runs this many times: separate processes on a shared machine differ from
+    run to run (benchmarks/README.md, "Thread pools"); the lower median of two is the
+    steadier number."""
     return 1 if config.quick else 2
 
 
@@ -104,8 +96,9 @@ def child(spec_text: str) -> None:
     from threadpoolctl import threadpool_limits
 
     import batchmv
+    from batchmv import _registry, _timing, _tune
 
-    from . import _bench, _registry, _timing, _tune
+    from .timing import measure
 
     spec = json.loads(spec_text)
     home, backend, threads = spec["home"], spec["backend"], spec["threads"]
@@ -126,8 +119,9 @@ def child(spec_text: str) -> None:
                 # copy=False: only engines that take the arrays as they are compete, as in "fastest"
                 call = lambda: batchmv.matvec(A, X, backend=backend, copy=False)  # noqa: E731
                 call()  # warm-up; "fastest" tunes here
-                _settle(call)
-                row["median_s"] = _bench.measure(call, spec["min_time"]).median
+                # the same calls for SETTLE_S seconds: the other pools fall idle meanwhile
+                _timing.run_times(call, min_runs=1, max_runs=10**9, budget_s=_timing.SETTLE_S, warmup=0)
+                row["median_s"] = measure(call, spec["min_time"]).median
                 plan = batchmv.plan(A, X, backend=backend)
                 row["chosen"] = plan.backend
                 if backend == "fastest":

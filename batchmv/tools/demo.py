@@ -1,191 +1,42 @@
-"""The ``batchmv`` command (also ``python -m batchmv``).
+"""``batchmv demo``: the project's job on realistic data from every home library on every
+engine, for A in three memory layouts; every result is checked against a float64 reference
+and that A was never copied, and the speed is compared with the usual alternatives.
 
-``batchmv info`` reports the installation: versions, engines, devices, BLAS libraries and
-what ``BATCHMV_BACKEND`` selects.  ``batchmv demo`` runs the project's job on realistic data
-from every home library on every engine, for A in three memory layouts, checks every result
-against a float64 reference and that A was never copied, and compares the speed with the
-usual alternatives.
-
-Importing this module imports no array library; each subcommand imports what it uses.
+Exit status 0 when every result agrees and A was never copied, 1 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib
-import importlib.metadata
 import importlib.util
 import os
-import platform
 import statistics
 import sys
-import time
 from typing import Any, Callable, NamedTuple
 
+from batchmv import _timing
+from batchmv._memory import aligned_empty  # 64-byte aligned, as JAX needs to share memory
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="batchmv", description="Batched matrix-vector products with one shared matrix, as one GEMM."
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    info = commands.add_parser("info", help="versions, engines, devices, BLAS, BATCHMV_BACKEND")
-    info.set_defaults(run=_info)
+from .arguments import positive
+
+
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``demo`` subcommand to ``batchmv``'s subparsers."""
     demo = commands.add_parser(
         "demo", help="y = P @ x on a batch, every home library and engine, three layouts of P",
         description="Exit status 0 when every result agrees with a float64 reference and A was never copied.",
     )  # fmt: skip
-    demo.add_argument("--m", type=_positive, help="rows of A (default 1024; 256 with --quick)")
-    demo.add_argument("--n", type=_positive, help="columns of A (default 1024; 256 with --quick)")
-    demo.add_argument("--batch", type=_positive, help="number of vectors (default 4096; 512 with --quick)")
+    demo.add_argument("--m", type=positive, help="rows of A (default 1024; 256 with --quick)")
+    demo.add_argument("--n", type=positive, help="columns of A (default 1024; 256 with --quick)")
+    demo.add_argument("--batch", type=positive, help="number of vectors (default 4096; 512 with --quick)")
     demo.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    demo.add_argument("--repeat", type=_positive, help="timed runs per measurement, after one warm-up (default 5; 3 with --quick)")
-    demo.add_argument("--threads", type=_positive, help="threads of every BLAS/OpenMP pool and of torch (default: theirs)")
+    demo.add_argument("--repeat", type=positive, help="timed runs per measurement, after one warm-up (default 5; 3 with --quick)")
+    demo.add_argument("--threads", type=positive, help="threads of every BLAS/OpenMP pool and of torch (default: theirs)")
     demo.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    demo.set_defaults(run=_demo)
-    from . import _apply  # `batchmv apply`: its arguments and its run live in batchmv/_apply.py
+    demo.set_defaults(run=run)
+    return demo
 
-    _apply.add_parser(commands)
-    from . import _bench  # `batchmv bench`: its arguments and its run live in batchmv/_bench.py
-
-    _bench.add_parser(commands)
-    args = parser.parse_args(argv)
-    return args.run(args)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-# -- info ------------------------------------------------------------------------------
-
-
-def _torch_devices(torch: Any) -> list[str]:
-    devices = ["cpu"]
-    if torch.cuda.is_available():
-        devices += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
-    return devices
-
-
-#: For each array library, the devices it can compute on (given the imported module).
-_DEVICES: dict[str, Callable[[Any], list[str]]] = {
-    "numpy": lambda np: ["cpu"],
-    "torch": _torch_devices,
-    "jax": lambda jax: [str(d) for d in jax.devices()],
-    "cupy": lambda cupy: _cupy_devices(cupy),
-}
-
-
-def _cupy_devices(cupy: Any) -> list[str]:
-    """cupy's CUDA devices with their names; a line saying why there are none (no driver,
-    no GPU) instead of an error: cupy installs fine on machines without a GPU."""
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:  # CUDARuntimeError without a driver; never stop the report
-        return [f"no usable CUDA device ({type(err).__name__}: {err})"]
-    if count == 0:
-        return ["no CUDA device"]
-    devices = []
-    for i in range(count):
-        try:
-            name = cupy.cuda.runtime.getDeviceProperties(i)["name"]
-            name = name.decode() if isinstance(name, bytes) else str(name)
-        except Exception:  # noqa: BLE001 - the device is listed even when its name is not
-            name = "?"
-        devices.append(f"cuda:{i} ({name})")
-    return devices
-
-
-@functools.cache
-def _distributions() -> dict[str, list[str]]:
-    return importlib.metadata.packages_distributions()
-
-
-def _distribution_version(package: str) -> str:
-    """Version of the distribution that provides the top-level module ``package`` (no import)."""
-    for dist in _distributions().get(package, [package]):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return "?"
-
-
-def _library_line(name: str, package: str, install: str, devices: Callable[[Any], list[str]] | None) -> str:
-    """One line on an array library: version, whether batchmv supports it, its devices
-    (importing the library only when it is installed and ``devices`` is given)."""
-    from . import _registry
-
-    support = "batchmv module: yes" if _registry.engine_module_exists(name) else "batchmv module: not yet"
-    if importlib.util.find_spec(package) is None:
-        return f"  {name:<6} not installed ({install}); {support}"
-    line = f"  {name:<6} {_distribution_version(package):<12} {support}"
-    if devices is None:
-        return line
-    try:
-        found = ", ".join(devices(importlib.import_module(package)))
-    except Exception as err:  # a broken installation must not stop the report
-        found = f"unavailable ({type(err).__name__}: {err})"
-    return f"{line}; devices: {found}"
-
-
-def _info(args: argparse.Namespace) -> int:
-    import batchmv
-
-    from . import _registry
-
-    print(f"batchmv   {batchmv.__version__}")
-    print(f"Python    {platform.python_version()} ({sys.executable})")
-    print(f"platform  {platform.platform()}")
-    print(f"CPUs      {os.cpu_count()}")
-    print("engines:")
-    for name, spec in _registry.ENGINES.items():
-        print(_library_line(name, spec.package, spec.install, _DEVICES.get(name, lambda module: ["?"])))
-    print("lazy collections (home libraries whose blocks go to the engines):")
-    for name, collection in _registry.COLLECTIONS.items():
-        print(_library_line(name, collection.package, collection.install, None))
-
-    from threadpoolctl import threadpool_info
-
-    print("thread pools (threadpoolctl, after importing the libraries above):")
-    for pool in threadpool_info():
-        print(
-            f"  {pool['user_api']:<6} {pool['internal_api']:<9} {pool.get('version') or '?':<14} "
-            f"threads={pool['num_threads']:<3} {os.path.basename(pool['filepath'])}"
-        )
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        mkl = "MKL, linked into torch (invisible to threadpoolctl)" if torch.backends.mkl.is_available() else "see above"
-        print(f"  torch  intra-op threads={torch.get_num_threads()}; BLAS: {mkl}")
-    print(_backend_env_report())
-    return 0
-
-
-def _backend_env_report() -> str:
-    """What the environment variable BATCHMV_BACKEND selects, or why it is invalid."""
-    from . import _registry, _select
-
-    raw = os.environ.get(_select.ENV_VAR)
-    if raw is None or raw.strip() == "":
-        return f"{_select.ENV_VAR}: not set -> auto (each call runs on the engine of its home library)"
-    try:
-        name = _select.normalize(raw, f"the environment variable {_select.ENV_VAR}={raw!r}")
-    except ValueError as err:
-        return f"{_select.ENV_VAR}={raw!r} -> invalid, every call without backend= will raise: {err}"
-    if name == "auto":
-        return f"{_select.ENV_VAR}={raw!r} -> auto (each call runs on the engine of its home library)"
-    try:
-        _registry.get_engine(name)
-    except ImportError as err:
-        return f"{_select.ENV_VAR}={raw!r} -> {name}, which cannot run here: {err}"
-    return f"{_select.ENV_VAR}={raw!r} -> {name} (every call without backend= runs on it)"
-
-
-# -- demo ------------------------------------------------------------------------------
 
 #: Libraries whose arrays can be strided views of the demo's buffers: the demo's homes and engines.
 _HOMES = ("numpy", "torch", "jax")
@@ -210,21 +61,10 @@ def _share(home: str, arr: Any) -> Any:
     return torch.from_numpy(arr)
 
 
-def _ready(y: Any) -> Any:
-    """``y`` once computed (jax dispatches asynchronously)."""
-    return y.block_until_ready() if hasattr(y, "block_until_ready") else y
-
-
 def _time(fn: Callable[[], Any], repeat: int, warmup: bool = True) -> float:
-    """Median wall time of ``repeat`` calls of ``fn``, in seconds."""
-    if warmup:
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``repeat`` calls of ``fn`` (each waited for), after one untimed call
+    when ``warmup``."""
+    return statistics.median(_timing.run_times(fn, min_runs=repeat, max_runs=repeat, warmup=int(warmup)))
 
 
 def _layouts(P: Any) -> list[tuple[str, Any, Callable[[Any], Any], int]]:
@@ -232,11 +72,7 @@ def _layouts(P: Any) -> list[tuple[str, Any, Callable[[Any], Any], int]]:
 
     The view functions work on numpy arrays and torch tensors alike.
     """
-    import numpy as np
-
     m, _ = P.shape
-    from .backends.numpy import aligned_empty
-
     W = aligned_empty((P.shape[1], m + 2 * _PAD), P.dtype)
     W[...] = 0
     F = aligned_empty(P.shape[::-1], P.dtype).T
@@ -287,7 +123,8 @@ class _Row(NamedTuple):
     baselines: tuple[float | None, ...]  #: seconds of: Python loop, torch broadcast, numpy.matvec
 
 
-def _demo(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; the exit status."""
     import numpy as np
     from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -304,8 +141,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     # A row-stochastic transition matrix P (skewed positive weights, rows sum to 1) and a
     # batch of value vectors v: y = P @ v is the expected value one step ahead.
-    from .backends.numpy import aligned_empty  # 64-byte aligned, as JAX needs to share memory
-
     rng = np.random.default_rng(0)
     P, X = aligned_empty((m, n), dtype), aligned_empty((batch, n), dtype)
     weights = rng.random((m, n)) ** 4
@@ -373,7 +208,7 @@ def _measure(P: Any, X: Any, homes: list[str], repeat: int, tol: float) -> tuple
                     )
                 else:  # jax: one dot_general; XLA picks the layouts (the tests read its HLO)
                     in_a = not plan.copies
-                seconds = _time(lambda: _ready(batchmv.matvec(A, Xh, backend=engine)), repeat)
+                seconds = _time(lambda: batchmv.matvec(A, Xh, backend=engine), repeat)
                 y = np.asarray(batchmv.matvec(A, Xh, backend=engine), dtype=np.float64)
                 err = float(np.max(np.abs(y - ref) / np.abs(ref)))
                 if err > tol or plan.copies or not in_a:

@@ -1,0 +1,7 @@
+"""``python -m batchmv.tools.apply``: ``batchmv apply`` alone."""
+
+import sys
+
+from .command import main
+
+sys.exit(main())

@@ -1,0 +1,167 @@
+"""``batchmv apply MATRIX.npy VECTORS.npy -o OUT.npy``: ``matvec`` on .npy files of any size.
+
+The arguments, the exit status and the run in order: check everything and decide the
+blocks (:mod:`.job`), open ``OUT.partial`` and its journal (:mod:`.journal`), run the
+pending blocks (:mod:`.runners`), rename the result onto OUT.
+
+Exit status: 0 done; 2 bad input (one line on stderr, nothing written); 1 the run failed
+(disk full, I/O error: the finished blocks are kept for ``--resume``); 130 interrupted.
+
+Importing this module imports no array library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import os
+import re
+import sys
+from typing import Any
+
+from .errors import BadInput, RunFailed, say
+from .job import Job, prepare
+from .journal import Output, finish, open_output
+from .runners import run_local, run_on_dask
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEFAULT_BUDGET = 256 * 2**20
+#: errno values that mean "the disk (or this process's file size limit) is full"
+_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def parse_size(text: str) -> int:
+    """A memory size: bytes, or a number with K, M, G or T (powers of 1024; "MB", "MiB" alike).
+
+    >>> parse_size("32M"), parse_size("1.5GiB"), parse_size("4096")
+    (33554432, 1610612736, 4096)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:([kKmMgGtT])(?:i?[bB])?|[bB])?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use bytes or a number with K, M, G or T, e.g. 512M")
+    scale = 1024 ** ("kmgt".index(match.group(2).lower()) + 1) if match.group(2) else 1
+    size = int(float(match.group(1)) * scale)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"the memory budget must be positive, got {text!r}")
+    return size
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("matrix", metavar="MATRIX.npy", help="the shared matrix A, shape (m, n)")
+    parser.add_argument("vectors", metavar="VECTORS.npy", help="the vectors: any shape with n along --axis")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="the result, a standard .npy file")
+    parser.add_argument("--axis", type=int, default=-1, help="the axis of VECTORS that holds the vectors (default -1)")
+    parser.add_argument("--backend", help="engine: auto, numpy, torch, jax, cupy (default: BATCHMV_BACKEND, else auto)")
+    parser.add_argument(
+        "--memory-budget", type=parse_size, default=DEFAULT_BUDGET, metavar="SIZE",
+        help="memory for blocks: VECTORS, results, the engine's working copy; A not included (default 256M; K, M, G, T)",
+    )  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.journal")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing OUT; discard an unfinished run")
+    parser.add_argument(
+        "--scheduler", metavar="ADDRESS",
+        help="run the blocks on this Dask scheduler (e.g. tcp://127.0.0.1:8786); the workers must see the files",
+    )  # fmt: skip
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
+    return parser
+
+
+def add_parser(commands: Any) -> argparse.ArgumentParser:
+    """Add the ``apply`` subcommand to ``batchmv``'s subparsers."""
+    parser = commands.add_parser(
+        "apply", help="y = A @ x for every vector of a .npy file of any size, block by block",
+        description=(
+            "Multiply every vector of VECTORS.npy by MATRIX.npy, streaming VECTORS in blocks that fit "
+            "--memory-budget, and write OUT.npy. An interrupted run leaves OUT untouched; --resume continues it. "
+            "Exit status: 0 done, 2 bad input, 1 failed (finished blocks kept for --resume), 130 interrupted."
+        ),
+    )  # fmt: skip
+    add_arguments(parser)
+    parser.set_defaults(run=main)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog="batchmv apply", description=__doc__.split("\n\n")[0]))
+
+
+def main(args: argparse.Namespace | list[str] | None = None) -> int:
+    """Run ``batchmv apply`` (``args``: parsed arguments, or a command line; None: sys.argv[1:])."""
+    if not isinstance(args, argparse.Namespace):
+        args = build_parser().parse_args(args)
+    try:
+        _run(args)
+    except BadInput as err:
+        say(f"error: {err}")
+        return EXIT_BAD_INPUT
+    except RunFailed as err:
+        say(f"error: {err}")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        say("interrupted: the finished blocks are kept; rerun with --resume to continue")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _progress(job: Job, done_vectors: int, quiet: bool) -> Any:
+    show = not quiet and sys.stderr.isatty()
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    try:  # a terminal that reports no size (0 x 0) would hide tqdm's bar: assume 80 x 24
+        width, height = os.get_terminal_size(sys.stderr.fileno())
+    except OSError:
+        width = height = 0
+    return tqdm(
+        total=job.vectors_total, initial=done_vectors, unit=" rows", unit_scale=True, file=sys.stderr,
+        desc="batchmv apply", ncols=width if width > 0 else 80, nrows=height if height > 0 else 24, smoothing=0.1,
+    )  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> None:
+    job = prepare(args)
+    _warn_space(job)
+    try:
+        output = open_output(job, args)
+    except OSError as err:
+        raise _failure(err, job, None) from None
+    pending = [k for k in range(job.blocks) if k not in output.done]
+    bar = _progress(job, sum(job.vectors_in(k) for k in output.done), args.quiet)
+    try:
+        if args.scheduler:
+            run_on_dask(job, output, pending, args.scheduler, bar)
+        else:
+            run_local(job, output, pending, bar)
+        finish(job, output)
+    except OSError as err:
+        raise _failure(err, job, output) from None
+    finally:
+        if bar is not None:
+            bar.close()
+        if output.fd >= 0:
+            os.close(output.fd)
+        output.journal.close()
+
+
+def _failure(err: OSError, job: Job, output: Output | None) -> RunFailed:
+    kept = ""
+    if output is not None:
+        done = len(output.done)
+        kept = f"; {done} of {job.blocks} blocks are done and kept in {output.partial}: rerun with --resume to continue"
+    if err.errno in _FULL:
+        what = "no space left on the device" if err.errno != errno.EFBIG else "file size limit reached (EFBIG)"
+        return RunFailed(f"{what} while writing {err.filename or job.out + '.partial'}{kept}")
+    return RunFailed(f"{err.strerror or err} ({err.filename or 'I/O'}){kept}")
+
+
+def _warn_space(job: Job) -> None:
+    needed = len(job.header) + math.prod(job.y_shape3) * job.result_dtype.itemsize
+    try:
+        vfs = os.statvfs(os.path.dirname(job.out))
+    except OSError:
+        return
+    free = vfs.f_bavail * vfs.f_frsize
+    if free < needed:
+        say(f"warning: OUT needs {needed:,} bytes and its file system has {free:,} free; the run may stop there")

@@ -1,0 +1,229 @@
+"""The job: every input checked and the blocks decided before anything is written.
+
+Blocks are sized so that the block buffers of VECTORS and of the result, the engine's
+working copy of a block (BLAS packs its operands into buffers of its own), any temporary
+the engine's plan reports and a small reserve fit ``--memory-budget``; A itself is held in
+memory on top of the budget.  Every block has the same shape (a short last block is padded
+by the runner), so the engine's working memory does not creep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchmv import _checks
+from batchmv._memory import aligned_empty
+
+from . import npy
+from .blockio import bytes_view, read_exact
+from .errors import BadInput, RunFailed
+from .journal import JOURNAL_FORMAT
+from .npy import NpyFile, read_header
+
+RESERVE = 2 * 2**20  #: of the budget, for the engine's fixed buffers and small objects (at most 1/8)
+
+
+@dataclass
+class Job:
+    matrix: NpyFile
+    vectors: NpyFile
+    out: str
+    a: Any  #: A, in memory, in the result dtype
+    axis: int  #: the vector axis of VECTORS (as given, normalised)
+    engine: str  #: the engine every block runs on (the block plan's choice)
+    plan: Any  #: batchmv.plan of a full block
+    shape3: tuple[int, int, int]  #: VECTORS as (outer, n, inner) in storage order
+    y_shape3: tuple[int, int, int]
+    result_dtype: Any
+    header: bytes  #: OUT's .npy header
+    block: tuple[int, int]  #: (ob, ib): a block is arr3[o0:o0+ob, :, i0:i0+ib]
+    grid: tuple[int, int]  #: number of blocks along outer and inner
+    fingerprint: dict = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def vectors_total(self) -> int:
+        return self.shape3[0] * self.shape3[2]
+
+    def location(self, k: int) -> tuple[int, int, int, int]:
+        bo, bi = divmod(k, self.grid[1])
+        (ob, ib), (outer, _, inner) = self.block, self.shape3
+        return bo * ob, min(bo * ob + ob, outer), bi * ib, min(bi * ib + ib, inner)
+
+    def vectors_in(self, k: int) -> int:
+        o0, o1, i0, i1 = self.location(k)
+        return (o1 - o0) * (i1 - i0)
+
+
+def _same_file(a: str, b: NpyFile) -> bool:
+    try:
+        st = os.stat(a)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == b.device_inode
+
+
+def _versions(engine_name: str) -> dict:
+    import importlib.metadata
+
+    import numpy as np
+
+    import batchmv
+
+    from batchmv import _registry
+
+    versions = {"batchmv": batchmv.__version__, "numpy": np.__version__}
+    if engine_name in _registry.ENGINES and engine_name != "numpy":
+        package = _registry.ENGINES[engine_name].package
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "?"
+    return versions
+
+
+def _runner(scheduler: str | None) -> dict:
+    """Where the blocks run, for the fingerprint: a resumed run must compute like the first
+    one to give the same bytes (BLAS kernels can depend on the number of threads)."""
+    if scheduler:
+        return {"runner": "dask"}
+    from threadpoolctl import threadpool_info
+
+    pools = sorted((p.get("internal_api", "?"), p.get("version") or "?", p.get("num_threads", 0)) for p in threadpool_info())
+    return {"runner": "local", "threads": [list(p) for p in pools]}
+
+
+def prepare(args: argparse.Namespace) -> Job:
+    """Check everything and decide the blocks; nothing is written.  BadInput on any problem."""
+    import numpy as np
+
+    import batchmv
+    from batchmv import _select
+
+    out = os.path.abspath(args.output)
+    out_dir = os.path.dirname(out)
+    if not os.path.isdir(out_dir):
+        raise BadInput(f"the directory of OUT {args.output} does not exist")
+    if os.path.isdir(out):
+        raise BadInput(f"OUT {args.output} is a directory")
+    if os.path.lexists(out) and not args.force:
+        raise BadInput(f"OUT {args.output} exists; use --force to overwrite it")
+    matrix = read_header(args.matrix, "MATRIX")
+    vectors = read_header(args.vectors, "VECTORS")
+    for f in (matrix, vectors):
+        if _same_file(out, f):
+            raise BadInput(f"OUT {args.output} is the same file as {f.label} {f.path}")
+    axis, y_shape = _check_shapes(matrix, vectors, args.axis)
+    m, n = matrix.shape
+    ndim = len(vectors.shape)
+    try:
+        engine = _select.normalize(args.backend, "--backend") if args.backend is not None else _select.requested(None)
+    except (ValueError, TypeError) as err:
+        raise BadInput(str(err)) from None
+
+    result_dtype = np.result_type(matrix.dtype, vectors.dtype)
+    if result_dtype.kind not in npy.NUMERIC_KINDS:  # pragma: no cover - numeric inputs give numeric results
+        raise BadInput(f"the result dtype {result_dtype} is not numeric")
+    result_dtype = result_dtype.newbyteorder("=")
+    # Storage order: a Fortran-order file is the C-order array of the reversed shape.
+    shape_s = vectors.shape[::-1] if vectors.fortran else vectors.shape
+    axis_s = ndim - 1 - axis if vectors.fortran else axis
+    shape3 = (math.prod(shape_s[:axis_s]), n, math.prod(shape_s[axis_s + 1 :]))
+
+    # The budget covers, per vector, its block of VECTORS, its result and the engine's working
+    # copy of it (BLAS packs its operands into buffers of its own: one more block, measured with
+    # OpenBLAS), plus a reserve for the engine's fixed buffers and small objects.
+    budget = args.memory_budget - min(args.memory_budget // 8, RESERVE)
+    x_item, r_item = vectors.dtype.itemsize, result_dtype.itemsize
+    per_vector = n * x_item + m * r_item + n * r_item
+    block, plan = None, None
+    for extra in (0, n * r_item + m * r_item):  # second pass: the engine reported temporaries
+        cost = max(per_vector + extra, 1)
+        block = _blocking(shape3, cost, budget, m, n, x_item, r_item)
+        plan = _plan_block(batchmv, np, matrix, vectors.dtype, result_dtype, shape3, m, block, engine)
+        if not plan.copies or extra:
+            break
+    a = _load_matrix(matrix, result_dtype)
+    assert block is not None
+    outer, _, inner = shape3
+    grid = (-(-outer // block[0]) if outer else 0, -(-inner // block[1]) if inner else 0)
+    if outer == 0 or inner == 0:
+        grid = (0, 0)
+    header = npy.header(y_shape, result_dtype, vectors.fortran)
+    # every block runs on the engine the plan chose ("auto": numpy; "fastest": measured once, here)
+    job = Job(
+        matrix, vectors, out, a, axis, plan.backend, plan, shape3, (outer, m, inner), result_dtype, header, block, grid
+    )  # fmt: skip
+    job.fingerprint = {
+        "format": JOURNAL_FORMAT,
+        "matrix": matrix.fingerprint(),
+        "vectors": vectors.fingerprint(),
+        "options": {"axis": axis, "engine": plan.backend, "block_vectors": list(block)},
+        "output": {"shape": list(y_shape), "dtype": result_dtype.str, "fortran_order": vectors.fortran},
+        "versions": _versions(plan.backend),
+        "runner": _runner(args.scheduler),
+    }
+    return job
+
+
+def _check_shapes(matrix: NpyFile, vectors: NpyFile, axis: int) -> tuple[int, tuple[int, ...]]:
+    """(axis, shape of OUT) by batchmv's rule for A and x; BadInput, saying which file is A
+    and which is x, when the files break it."""
+    try:
+        return _checks.check_shapes(matrix.shape, vectors.shape, axis)
+    except (ValueError, TypeError) as err:
+        columns = f" with n = {matrix.shape[1]} columns" if len(matrix.shape) == 2 else ""
+        raise BadInput(f"{err} (A is MATRIX {matrix.path}{columns}; x is VECTORS {vectors.path}; axis is --axis)") from None
+
+
+def _blocking(shape3: tuple[int, int, int], cost: int, budget: int, m: int, n: int, x_item: int, r_item: int) -> tuple[int, int]:
+    """(ob, ib): the largest blocks within ``budget`` at ``cost`` bytes per vector."""
+    outer, _, inner = shape3
+    fits = budget // cost
+    if fits < 1:
+        raise BadInput(
+            f"--memory-budget is too small: it leaves {budget:,} bytes for blocks, and one vector of {n} "
+            f"{x_item}-byte elements with its result of {m} {r_item}-byte elements needs {cost:,}"
+        )
+    if fits >= max(inner, 1):
+        return max(1, min(outer, fits // max(inner, 1))), max(inner, 1)
+    return 1, fits
+
+
+def _plan_block(batchmv: Any, np: Any, matrix: NpyFile, x_dtype: Any, r_dtype: Any, shape3: tuple, m: int,
+                block: tuple[int, int], engine: str) -> Any:  # fmt: skip
+    """batchmv.plan for a full block (zeros from calloc: pages nobody reads are never touched)."""
+    ob, ib = block
+    n = shape3[1]
+    a = np.zeros(matrix.shape[::-1] if matrix.fortran else matrix.shape, r_dtype)
+    a = a.T if matrix.fortran else a
+    xb = np.zeros((ob, n, ib), x_dtype)
+    yb = np.zeros((ob, m, ib), r_dtype)
+    try:
+        return batchmv.plan(a, xb, axis=1, out=yb, backend=engine)
+    except (ValueError, TypeError, ImportError) as err:
+        raise BadInput(f"the engine cannot run this job: {err}") from None
+
+
+def _load_matrix(matrix: NpyFile, r_dtype: Any) -> Any:
+    """A, read whole, in the result dtype (cast once here rather than in every block)."""
+    storage = matrix.shape[::-1] if matrix.fortran else matrix.shape
+    buf = aligned_empty(storage, matrix.dtype)
+    try:
+        with open(matrix.path, "rb") as f:
+            read_exact(f.fileno(), bytes_view(buf), matrix.offset)
+    except RunFailed:
+        raise BadInput(f"MATRIX {matrix.path}: truncated while reading") from None
+    except OSError as err:
+        raise BadInput(f"MATRIX {matrix.path}: cannot read it: {err.strerror or err}") from None
+    a = buf.T if matrix.fortran else buf
+    if a.dtype != r_dtype:
+        a = a.astype(r_dtype, order="K")
+    return a
