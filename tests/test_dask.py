@@ -299,7 +299,7 @@ def test_local_cluster_results_and_A_sent_once(rng, watchdog):
 @pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")  # A (18 MB) is in it, once
 def test_local_cluster_survives_a_killed_worker(rng, watchdog):
     An = rng.standard_normal((1500, 1500))
-    x = da.random.default_rng(2).random((24_000, 1500), chunks=(800, 1500))  # 30 blocks, ~0.1 s each
+    x = da.random.default_rng(2).random((24_000, 1500), chunks=(800, 1500))  # 30 blocks, long enough to kill a worker mid-way
     y = batchmv.matvec(An, x)
     with _cluster() as cluster, distributed.Client(cluster) as client:
         client.wait_for_workers(2, timeout=30)
