@@ -7,9 +7,12 @@ dask in ``ADAPTERS``; :func:`batchmv.matvec` and :func:`batchmv.plan` hand the w
 :class:`DaskAdapter`, which sits above the public API (like xarray's chunk managers) and
 imports batchmv as any client would.
 
-* The graph is blockwise over x's chunks.  Every vector must lie in one block, so x gets
-  one chunk along ``axis``: an x chunked along ``axis`` is rechunked (a copy, reported by
-  ``plan``; ``copy=False`` raises :class:`batchmv.CopyRequiredError`).
+* The graph is blockwise over x's chunks.  An x chunked along ``axis`` is either multiplied
+  chunk by chunk, its partial products summed (x is not copied), or rechunked to whole
+  vectors (a copy, reported by ``plan``; ``copy=False`` raises
+  :class:`batchmv.CopyRequiredError`); either way every block stays within x's largest
+  chunk or dask's ``array.chunk-size``, whichever is larger (:mod:`._dask_graph` says which
+  graph a call gets and why).
 * ``A`` enters the graph once, as one key on which every block task depends (a numpy or
   torch array as a literal, a dask array as its single chunk), so the pickled graph does
   not grow with the number of blocks and a distributed scheduler sends A to each worker
@@ -24,7 +27,7 @@ imports batchmv as any client would.
   (numpy's from calloc: nothing is computed and no page is touched).
 
 >>> import numpy as np, dask.array as da, batchmv
->>> x = da.ones((6, 4), chunks=(3, 4))
+>>> x = da.ones((6, 4), chunks=(3, 2))          # two chunks along the vector axis
 >>> y = batchmv.matvec(np.eye(4)[:2], x)
 >>> y.chunks, y.compute(scheduler="synchronous")[0]
 (((3, 3), (2,)), array([1., 1.]))
@@ -47,11 +50,7 @@ from dask.delayed import Delayed, delayed
 from batchmv import _api, _registry, _select
 from batchmv._checks import SEQUENCES, check_copy, check_shapes, refuse_copies, require_copy
 from batchmv._plan import Plan
-
-
-def matvec_block(x_block: Any, a: Any, *, axis: int, backend: str, copy: bool | None) -> Any:
-    """One block of the graph: the normal dispatch, on the engine captured at graph construction."""
-    return _api.matvec(a, x_block, axis=axis, backend=backend, copy=copy)
+from batchmv.backends import _dask_graph as graphs
 
 
 @dataclass(frozen=True)
@@ -128,33 +127,60 @@ class DaskAdapter:
         a_key, a_template = self._a_into_graph(a, allow_copy, copies)
         ax, _ = check_shapes(a_template.shape, x.shape, axis)
         m, n = a_template.shape
+        notes: list[str] = []
+        per_chunk = False
+        zero = tuple(0 if i != ax else n for i in range(x.ndim)) if x.ndim > 1 else (n,)
         if x.numblocks[ax] > 1:
-            copies.append(
-                f"x: rechunked from {x.numblocks[ax]} chunks along axis {ax} to one (every vector must lie in "
-                "one block): each block is assembled from its pieces, a copy of x"
-            )
+            # y's dtype as the blocks' library promotes it (the home engine's, whichever computes)
+            y_dtype = _api.plan(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend="auto").dtype
+            y_itemsize = np.dtype(y_dtype).itemsize
+            per_chunk = self._whole_vectors(x, ax, m, y_itemsize, copies, notes)
             refuse_copies(copies, allow_copy)
-            x = x.rechunk({ax: -1})
+            if not per_chunk:
+                x = graphs.rechunk_whole_vectors(x, ax, m, y_itemsize, graphs.block_limit(x))
 
         # Plan every distinct block shape on uninitialised blocks: errors surface now, not in a worker.
         block_reports = []
         for shape, count in _block_shapes(x.chunks).items():
             block = _template(x._meta, shape, x.dtype)
-            report = _api.plan(a_template, block, axis=ax, backend=engine_name, copy=copy)
+            a_block = a_template[:, : shape[ax]] if per_chunk else a_template
+            report = _api.plan(a_block, block, axis=ax, backend=engine_name, copy=copy)
             block_reports.append(_BlockReport(shape, count, report))
         # The engine every block runs on, decided here ("auto": the blocks' library; "fastest":
         # measured once, here, not per block in each worker).
         engine = self._first_report(block_reports, x).backend
-        zero = tuple(0 if i != ax else n for i in range(x.ndim)) if x.ndim > 1 else (n,)
         meta = _api.matvec(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend=engine, copy=copy)
 
-        name = "batchmv-matvec-" + tokenize(x.name, a_key.key, ax, engine, copy, m)
-        y = da.blockwise(
-            matvec_block, tuple(range(x.ndim)), x, tuple(range(x.ndim)), a_key, None,
-            adjust_chunks={ax: m}, dtype=meta.dtype, meta=meta, name=name,
-            axis=ax, backend=engine, copy=copy,
-        )  # fmt: skip
-        return _Graph(y, self._report(block_reports, copies, x, engine_name, engine, a_key.key))
+        build = graphs.per_chunk if per_chunk else graphs.blockwise
+        y = build(x, a_key, ax, m, meta, engine, copy)
+        return _Graph(y, self._report(block_reports, copies, notes, x, engine_name, engine, a_key.key))
+
+    @staticmethod
+    def _whole_vectors(x: da.Array, ax: int, m: int, y_itemsize: int, copies: list[str], notes: list[str]) -> bool:
+        """How an x chunked along ``ax`` is multiplied (True: per chunk), with what it costs
+        in ``copies`` and ``notes``."""
+        limit = graphs.block_limit(x)
+        chunks = x.numblocks[ax]
+        if graphs.choose_per_chunk(x, ax, m, y_itemsize, limit):
+            y_bytes = math.prod(x.shape[:ax] + (m,) + x.shape[ax + 1 :]) * y_itemsize
+            notes.append(
+                f"x has {chunks} chunks along axis {ax}: each chunk is multiplied by its columns of A (a view "
+                f"A[:, k0:k1], sliced in the task from the one key of A) and the {chunks} partial products of "
+                f"each block are summed, {graphs.SPLIT_EVERY} at a time; x is not copied. The partial products "
+                f"are temporaries of y's size per chunk: {chunks} x {y_bytes:,} bytes"
+            )
+            return True
+        copies.append(
+            f"x: rechunked from {chunks} chunks along axis {ax} to one (every vector must lie in one block), "
+            f"blocks within {limit:,} bytes (x's largest chunk or array.chunk-size, whichever is larger): "
+            "each block is assembled from its pieces, a copy of x"
+        )
+        notes.append(
+            "x rechunked rather than multiplied per chunk: the partial products (y's size per chunk) would "
+            "exceed the block limit, or take more memory while they are summed than a rechunk holds at once "
+            "(m is large next to n)"
+        )
+        return False
 
     @staticmethod
     def _first_report(block_reports: list[_BlockReport], x: da.Array) -> Plan:
@@ -203,7 +229,7 @@ class DaskAdapter:
     # -- report ---------------------------------------------------------------------------
     @staticmethod
     def _report(
-        block_reports: list[_BlockReport], copies: list[str], x: da.Array,
+        block_reports: list[_BlockReport], copies: list[str], notes: list[str], x: da.Array,
         requested: str, engine: str, a_key: Any,
     ) -> Plan:  # fmt: skip
         first = DaskAdapter._first_report(block_reports, x)
@@ -213,6 +239,7 @@ class DaskAdapter:
         all_notes = [
             f"dask: {blocks} block{'s' if blocks != 1 else ''} (grid {x.numblocks}, blocks of up to {x.chunksize}); "
             "each block is one batchmv.matvec call, run where dask schedules it; views above: the first block",
+            *notes,
             f"engine captured when the graph was built: {engine!r} (from {requested!r}: the backend argument, "
             "use_backend or BATCHMV_BACKEND in force at the call), written into every block task",
             f"A enters the graph once, as the key {a_key!r}; every block task depends on it",
