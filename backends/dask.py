@@ -22,9 +22,9 @@ imports batchmv as any client would.
   in force at the ``matvec`` call -- is written into every block task.  Blocks run later,
   on other threads or processes, where neither the context nor the caller's environment
   exist, so nothing is read there.
-* Errors (shapes, dtypes, devices, engines, ``copy=False``) are raised when the graph is
-  built: each distinct block shape is planned against a block of zeros of x's block type
-  (numpy's from calloc: nothing is computed and no page is touched).
+* Errors (shapes, dtypes, devices, engines, ``copy=False``, masked chunks) are raised when
+  the graph is built: each distinct block shape is planned against a block of zeros of x's
+  block type (numpy's from calloc: nothing is computed and no page is touched).
 
 >>> import numpy as np, dask.array as da, batchmv
 >>> x = da.ones((6, 4), chunks=(3, 2))          # two chunks along the vector axis
@@ -88,9 +88,14 @@ def _template(meta: Any, shape: tuple[int, ...], dtype: Any) -> Any:
 
 
 def _check_dask(arr: da.Array, label: str) -> None:
-    """Refuse what no block task could multiply correctly: unknown chunk sizes."""
+    """Refuse what no block task could multiply correctly: unknown chunk sizes, masked chunks."""
     if any(math.isnan(s) for s in arr.shape):
         raise ValueError(f"{label} has unknown chunk sizes (shape {arr.shape}); call {label}.compute_chunk_sizes() first")
+    if isinstance(arr._meta, np.ma.MaskedArray):
+        raise TypeError(
+            f"{label} is a dask array of masked arrays: batchmv multiplies the data and would ignore the "
+            f"mask. Fill the masked values first, e.g. dask.array.ma.filled({label}, 0)"
+        )
 
 
 def _from_sequence(obj: Any, label: str, allow_copy: bool, copies: list[str]) -> np.ndarray:

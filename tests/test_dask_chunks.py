@@ -1,7 +1,7 @@
 """Dask arrays chunked along the vector axis (issue 10): multiplied per chunk with the
 partial products summed, or rechunked to whole vectors; either way every block a task
 computes stays within x's largest chunk or dask's ``array.chunk-size``, whichever is
-larger, and A enters the graph once."""
+larger, and A enters the graph once.  Also: masked chunks are refused."""
 
 from __future__ import annotations
 
@@ -220,6 +220,22 @@ def test_A_enters_the_graph_once_per_chunk(rng, kind):
         assert sum(len(pickle.dumps(v)) >= An.nbytes // 2 for v in graph.values()) == 1  # one key holds A
     assert sizes[60] - sizes[2] < An.nbytes / 8  # the graph grows by tasks only, not by A
     np.testing.assert_allclose(y.compute(), _reference(An, x.compute(), -1), rtol=1e-12)
+
+
+# -- masked chunks ----------------------------------------------------------------------------
+
+
+def test_masked_chunks_are_refused_when_the_graph_is_built(rng):
+    A = rng.standard_normal((3, 4))
+    xn = rng.standard_normal((10, 4))
+    masked_x = da.ma.masked_equal(da.from_array(xn, chunks=5), xn[0, 0])
+    masked_A = da.ma.masked_array(da.from_array(A), mask=A > 1)
+    for a, x, label in [(A, masked_x, "x"), (masked_A, da.from_array(xn, chunks=5), "A")]:
+        for call in (batchmv.matvec, batchmv.plan):
+            with pytest.raises(TypeError, match=rf"{label} is a dask array of masked arrays.*ma\.filled\({label}, 0\)"):
+                call(a, x)
+    filled = batchmv.matvec(A, da.ma.filled(masked_x, 0))  # what the message says to do
+    np.testing.assert_allclose(filled.compute(), _reference(A, np.where(xn == xn[0, 0], 0, xn), -1))
 
 
 def test_graph_module_examples_run():
