@@ -4,11 +4,15 @@ Dask is a *home* library (the result is a dask array) but not an engine: every b
 ``x`` goes through the normal dispatch, ``batchmv.matvec(A, block)``, so numpy-backed and
 cupy-backed dask arrays both work, each block as one GEMM on views.  The registry lists
 dask in ``ADAPTERS``; :func:`batchmv.matvec` and :func:`batchmv.plan` hand the whole call to
-:class:`DaskAdapter`, which sits above the public API (like xarray's chunk managers).
+:class:`DaskAdapter`, which sits above the public API (like xarray's chunk managers) and
+imports batchmv as any client would.
 
-* The graph is blockwise over x's chunks.  Every vector must lie in one block, so x gets
-  one chunk along ``axis``: an x chunked along ``axis`` is rechunked (a copy, reported by
-  ``plan``; ``copy=False`` raises :class:`batchmv.CopyRequiredError`).
+* The graph is blockwise over x's chunks.  An x chunked along ``axis`` is either multiplied
+  chunk by chunk, its partial products summed (x is not copied), or rechunked to whole
+  vectors (a copy, reported by ``plan``; ``copy=False`` raises
+  :class:`batchmv.CopyRequiredError`); either way every block stays within x's largest
+  chunk or dask's ``array.chunk-size``, whichever is larger (:mod:`._dask_graph` says which
+  graph a call gets and why).
 * ``A`` enters the graph once, as one key on which every block task depends (a numpy or
   torch array as a literal, a dask array as its single chunk), so the pickled graph does
   not grow with the number of blocks and a distributed scheduler sends A to each worker
@@ -18,9 +22,15 @@ dask in ``ADAPTERS``; :func:`batchmv.matvec` and :func:`batchmv.plan` hand the w
   in force at the ``matvec`` call -- is written into every block task.  Blocks run later,
   on other threads or processes, where neither the context nor the caller's environment
   exist, so nothing is read there.
-* Errors (shapes, dtypes, devices, engines, ``copy=False``) are raised when the graph is
-  built: each distinct block shape is planned against a block of zeros of x's block type
-  (numpy's from calloc: nothing is computed and no page is touched).
+* Errors (shapes, dtypes, devices, engines, ``copy=False``, masked chunks) are raised when
+  the graph is built: each distinct block shape is planned against a block of zeros of x's
+  block type (numpy's from calloc: nothing is computed and no page is touched).
+
+>>> import numpy as np, dask.array as da, batchmv
+>>> x = da.ones((6, 4), chunks=(3, 2))          # two chunks along the vector axis
+>>> y = batchmv.matvec(np.eye(4)[:2], x)
+>>> y.chunks, y.compute(scheduler="synchronous")[0]
+(((3, 3), (2,)), array([1., 1.]))
 """
 
 from __future__ import annotations
@@ -37,15 +47,10 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
-from .. import _api, _registry, _select
-from .._checks import SEQUENCES, check_copy, check_shapes, refuse_copies
-from .._errors import CopyRequiredError
-from .._plan import Plan
-
-
-def matvec_block(x_block: Any, a: Any, *, axis: int, backend: str, copy: bool | None) -> Any:
-    """One block of the graph: the normal dispatch, on the engine captured at graph construction."""
-    return _api.matvec(a, x_block, axis=axis, backend=backend, copy=copy)
+from batchmv import _api, _registry, _select
+from batchmv._checks import SEQUENCES, check_copy, check_shapes, refuse_copies, require_copy
+from batchmv._plan import Plan
+from batchmv.backends import _dask_graph as graphs
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,15 @@ class _Graph:
     """A checked call on dask arrays: the lazy result and its report."""
 
     array: Any
+    report: Plan
+
+
+@dataclass(frozen=True)
+class _BlockReport:
+    """The report of one distinct block shape, and how many blocks have it."""
+
+    shape: tuple[int, ...]
+    count: int
     report: Plan
 
 
@@ -71,6 +85,25 @@ def _template(meta: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     if type(meta) is np.ndarray:
         return np.zeros(shape, dtype)
     return np.zeros_like(meta, shape=shape, dtype=dtype)
+
+
+def _check_dask(arr: da.Array, label: str) -> None:
+    """Refuse what no block task could multiply correctly: unknown chunk sizes, masked chunks."""
+    if any(math.isnan(s) for s in arr.shape):
+        raise ValueError(f"{label} has unknown chunk sizes (shape {arr.shape}); call {label}.compute_chunk_sizes() first")
+    if isinstance(arr._meta, np.ma.MaskedArray):
+        raise TypeError(
+            f"{label} is a dask array of masked arrays: batchmv multiplies the data and would ignore the "
+            f"mask. Fill the masked values first, e.g. dask.array.ma.filled({label}, 0)"
+        )
+
+
+def _from_sequence(obj: Any, label: str, allow_copy: bool, copies: list[str]) -> np.ndarray:
+    """A Python sequence as a numpy array (a copy, reported as the engines report it)."""
+    reason = f"{label}: Python {type(obj).__name__} converted to an array with numpy.asarray"
+    require_copy(f"{reason}; copy=False forbids it", allow_copy)
+    copies.append(reason)
+    return np.asarray(obj)
 
 
 class DaskAdapter:
@@ -95,58 +128,79 @@ class DaskAdapter:
                 "use dask.array.store to write the lazy result into an array"
             )
         copies: list[str] = []
-        x = self._x_as_dask(a, x, allow_copy, copies)
-        if any(math.isnan(s) for s in x.shape):
-            raise ValueError(f"x has unknown chunk sizes (shape {x.shape}); call x.compute_chunk_sizes() first")
-        a, a_arg, a_template = self._a_into_graph(a, allow_copy, copies)
-        a_shape = tuple(a_template.shape)
-        ax, _ = check_shapes(a_shape, x.shape, axis)
-        m, n = a_shape
+        x = self._x_as_dask(x, allow_copy, copies)
+        a_key, a_template = self._a_into_graph(a, allow_copy, copies)
+        ax, _ = check_shapes(a_template.shape, x.shape, axis)
+        m, n = a_template.shape
+        notes: list[str] = []
+        per_chunk = False
+        zero = tuple(0 if i != ax else n for i in range(x.ndim)) if x.ndim > 1 else (n,)
         if x.numblocks[ax] > 1:
-            copies.append(
-                f"x: rechunked from {x.numblocks[ax]} chunks along axis {ax} to one (every vector must lie in "
-                "one block): each block is assembled from its pieces, a copy of x"
-            )
+            # y's dtype as the blocks' library promotes it (the home engine's, whichever computes)
+            y_dtype = _api.plan(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend="auto").dtype
+            y_itemsize = np.dtype(y_dtype).itemsize
+            per_chunk = self._whole_vectors(x, ax, m, y_itemsize, copies, notes)
             refuse_copies(copies, allow_copy)
-            x = x.rechunk({ax: -1})
+            if not per_chunk:
+                x = graphs.rechunk_whole_vectors(x, ax, m, y_itemsize, graphs.block_limit(x))
 
         # Plan every distinct block shape on uninitialised blocks: errors surface now, not in a worker.
-        plans = []
+        block_reports = []
         for shape, count in _block_shapes(x.chunks).items():
             block = _template(x._meta, shape, x.dtype)
-            plans.append((shape, count, _api.plan(a_template, block, axis=ax, backend=engine_name, copy=copy)))
+            a_block = a_template[:, : shape[ax]] if per_chunk else a_template
+            report = _api.plan(a_block, block, axis=ax, backend=engine_name, copy=copy)
+            block_reports.append(_BlockReport(shape, count, report))
         # The engine every block runs on, decided here ("auto": the blocks' library; "fastest":
         # measured once, here, not per block in each worker).
-        engine = self._first(plans, x).backend
-        zero = tuple(0 if i != ax else n for i in range(x.ndim)) if x.ndim > 1 else (n,)
+        engine = self._first_report(block_reports, x).backend
         meta = _api.matvec(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend=engine, copy=copy)
 
-        a_key = a_arg.key
-        name = "batchmv-matvec-" + tokenize(x.name, a_key, ax, engine, copy, m)
-        y = da.blockwise(
-            matvec_block, tuple(range(x.ndim)), x, tuple(range(x.ndim)), a_arg, None,
-            adjust_chunks={ax: m}, dtype=meta.dtype, meta=meta, name=name,
-            axis=ax, backend=engine, copy=copy,
-        )  # fmt: skip
-        return _Graph(y, self._plan(plans, copies, x, engine_name, engine, a_key))
+        build = graphs.per_chunk if per_chunk else graphs.blockwise
+        y = build(x, a_key, ax, m, meta, engine, copy)
+        return _Graph(y, self._report(block_reports, copies, notes, x, engine_name, engine, a_key.key))
 
     @staticmethod
-    def _first(plans: list, x: da.Array) -> Plan:
-        """The plan of the first block."""
+    def _whole_vectors(x: da.Array, ax: int, m: int, y_itemsize: int, copies: list[str], notes: list[str]) -> bool:
+        """How an x chunked along ``ax`` is multiplied (True: per chunk), with what it costs
+        in ``copies`` and ``notes``."""
+        limit = graphs.block_limit(x)
+        chunks = x.numblocks[ax]
+        if graphs.choose_per_chunk(x, ax, m, y_itemsize, limit):
+            y_bytes = math.prod(x.shape[:ax] + (m,) + x.shape[ax + 1 :]) * y_itemsize
+            notes.append(
+                f"x has {chunks} chunks along axis {ax}: each chunk is multiplied by its columns of A (a view "
+                f"A[:, k0:k1], sliced in the task from the one key of A) and the {chunks} partial products of "
+                f"each block are summed, {graphs.SPLIT_EVERY} at a time; x is not copied. The partial products "
+                f"are temporaries of y's size per chunk: {chunks} x {y_bytes:,} bytes"
+            )
+            return True
+        copies.append(
+            f"x: rechunked from {chunks} chunks along axis {ax} to one (every vector must lie in one block), "
+            f"blocks within {limit:,} bytes (x's largest chunk or array.chunk-size, whichever is larger): "
+            "each block is assembled from its pieces, a copy of x"
+        )
+        notes.append(
+            "x rechunked rather than multiplied per chunk: the partial products (y's size per chunk) would "
+            "exceed the block limit, or take more memory while they are summed than a rechunk holds at once "
+            "(m is large next to n)"
+        )
+        return False
+
+    @staticmethod
+    def _first_report(block_reports: list[_BlockReport], x: da.Array) -> Plan:
+        """The report of the first block."""
         first_shape = tuple(c[0] for c in x.chunks)
-        return next((p for shape, _, p in plans if shape == first_shape), plans[0][2])
+        return next((b.report for b in block_reports if b.shape == first_shape), block_reports[0].report)
 
     # -- inputs ---------------------------------------------------------------------------
     @staticmethod
-    def _x_as_dask(a: Any, x: Any, allow_copy: bool, copies: list[str]) -> da.Array:
+    def _x_as_dask(x: Any, allow_copy: bool, copies: list[str]) -> da.Array:
         if isinstance(x, da.Array):
+            _check_dask(x, "x")
             return x
         if isinstance(x, SEQUENCES):  # x a Python sequence, A a dask array: dask is the home
-            reason = f"x: Python {type(x).__name__} converted to an array with numpy.asarray"
-            if not allow_copy:
-                raise CopyRequiredError(f"{reason}; copy=False forbids it")
-            copies.append(reason)
-            return da.from_array(np.asarray(x), chunks=-1)
+            return da.from_array(_from_sequence(x, "x", allow_copy, copies), chunks=-1)
         raise TypeError(
             f"A is a dask array but x is a {type(x).__module__}.{type(x).__qualname__}: the result would "
             "belong to x's library. Pass x as a dask array (dask.array.from_array(x)) for a lazy result, "
@@ -154,58 +208,59 @@ class DaskAdapter:
         )
 
     @staticmethod
-    def _a_into_graph(a: Any, allow_copy: bool, copies: list[str]) -> tuple[Any, Delayed, Any]:
-        """(A, the one graph key that holds it, an array with A's type, shape and dtype for planning)."""
+    def _a_into_graph(a: Any, allow_copy: bool, copies: list[str]) -> tuple[Delayed, Any]:
+        """(the one graph key that holds A, an array with A's type, shape and dtype for planning)."""
         if isinstance(a, da.Array):
-            if any(math.isnan(s) for s in a.shape):
-                raise ValueError(f"A has unknown chunk sizes (shape {a.shape}); call A.compute_chunk_sizes() first")
+            _check_dask(a, "A")
             if a.npartitions > 1:
                 copies.append(f"A: its {a.npartitions} dask chunks concatenated into one (every block needs all of A)")
                 refuse_copies(copies, allow_copy)
                 a = a.rechunk(-1)
             (key,) = a.to_delayed().ravel()
-            return a, key, _template(a._meta, a.shape, a.dtype)
+            return key, _template(a._meta, a.shape, a.dtype)
         if isinstance(a, SEQUENCES):
-            reason = f"A: Python {type(a).__name__} converted to an array with numpy.asarray, once"
-            if not allow_copy:
-                raise CopyRequiredError(f"{reason}; copy=False forbids it")
-            copies.append(reason)
-            a = np.asarray(a)
+            a = _from_sequence(a, "A", allow_copy, copies)
         if not hasattr(a, "shape"):
-            raise TypeError(f"A must be an array or a Python sequence; got {type(a).__module__}.{type(a).__qualname__}")
+            raise TypeError(
+                f"A must be an array (numpy, torch, jax or cupy) or a Python sequence; got "
+                f"{type(a).__module__}.{type(a).__qualname__}"
+            )
         try:
             token = tokenize(a)
         except Exception:  # an object dask cannot hash: a unique key still enters the graph once
             token = uuid.uuid4().hex
-        return a, delayed(a, name=f"batchmv-A-{token}", pure=True), a
+        return delayed(a, name=f"batchmv-A-{token}", pure=True), a
 
     # -- report ---------------------------------------------------------------------------
     @staticmethod
-    def _plan(plans: list, copies: list[str], x: da.Array, requested: str, engine: str, a_key: Any) -> Plan:
-        first = DaskAdapter._first(plans, x)
-        blocks = sum(count for _, count, _ in plans)
-        block_copies = list(dict.fromkeys(c for _, _, p in plans for c in p.copies))
-        kernels = sorted({p.kernel for _, _, p in plans})
-        notes = [
+    def _report(
+        block_reports: list[_BlockReport], copies: list[str], notes: list[str], x: da.Array,
+        requested: str, engine: str, a_key: Any,
+    ) -> Plan:  # fmt: skip
+        first = DaskAdapter._first_report(block_reports, x)
+        blocks = sum(b.count for b in block_reports)
+        block_copies = list(dict.fromkeys(c for b in block_reports for c in b.report.copies))
+        kernels = sorted({b.report.kernel for b in block_reports})
+        all_notes = [
             f"dask: {blocks} block{'s' if blocks != 1 else ''} (grid {x.numblocks}, blocks of up to {x.chunksize}); "
-            "each block is one "
-            "batchmv.matvec call, run where dask schedules it; views above: the first block",
+            "each block is one batchmv.matvec call, run where dask schedules it; views above: the first block",
+            *notes,
             f"engine captured when the graph was built: {engine!r} (from {requested!r}: the backend argument, "
             "use_backend or BATCHMV_BACKEND in force at the call), written into every block task",
             f"A enters the graph once, as the key {a_key!r}; every block task depends on it",
-            *dict.fromkeys(nt for _, _, p in plans for nt in p.notes),
+            *dict.fromkeys(nt for b in block_reports for nt in b.report.notes),
         ]
         return Plan(
             backend=first.backend,
             kernel=" / ".join(kernels),
             copies=(*copies, *(f"each block: {c}" for c in block_copies)),
-            flops=sum(count * p.flops for _, count, p in plans),
-            bytes=sum(count * p.bytes for _, count, p in plans),
+            flops=sum(b.count * b.report.flops for b in block_reports),
+            bytes=sum(b.count * b.report.bytes for b in block_reports),
             home="dask",
             dtype=first.dtype,
-            gemm_calls=sum(count * p.gemm_calls for _, count, p in plans),
+            gemm_calls=sum(b.count * b.report.gemm_calls for b in block_reports),
             views=first.views,
-            notes=tuple(notes),
+            notes=tuple(all_notes),
             blocks=blocks,
         )
 

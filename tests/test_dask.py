@@ -69,13 +69,13 @@ def test_dtypes_follow_numpy_promotion(rng):
 
 
 def test_x_chunked_along_axis_is_rechunked_and_reported(rng):
-    A = rng.standard_normal((12, 40))
+    A = rng.standard_normal((60, 40))  # m > n: partial products per chunk would outgrow x
     xn = rng.standard_normal((50, 40))
     x = da.from_array(xn, chunks=(10, 15))  # 3 chunks along the vector axis
     p = batchmv.plan(A, x)
     assert any(c.startswith("x: rechunked from 3 chunks along axis 1") for c in p.copies), p.copies
     assert p.home == "dask" and p.blocks == 5
-    np.testing.assert_allclose(_compute(batchmv.matvec(A, x)), _ref(A, xn), rtol=1e-12)
+    np.testing.assert_allclose(_compute(batchmv.matvec(A, x)), _ref(A, xn), rtol=1e-12, atol=1e-12)
     with pytest.raises(batchmv.CopyRequiredError, match="rechunked"):
         batchmv.matvec(A, x, copy=False)
     with pytest.raises(batchmv.CopyRequiredError, match="rechunked"):
@@ -282,16 +282,22 @@ def test_local_cluster_results_and_A_sent_once(rng, watchdog):
     ref = _compute(y)
     np.testing.assert_allclose(ref, _compute(x) @ An.T, rtol=1e-10, atol=1e-10)
     (a_key,) = [k for k in _keys_holding(_graph(y), An.nbytes // 2)]
+    A_small = rng.standard_normal((8, 400))  # x chunked along n: multiplied per chunk
+    y_per_chunk = batchmv.matvec(A_small, x.rechunk((500, 100)))
+    (small_key,) = [k for k in _graph(y_per_chunk) if str(k).startswith("batchmv-A-")]
     with _cluster() as cluster, distributed.Client(cluster) as client:
         out = client.compute(y).result(timeout=60)
         np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-10)  # (workers: single-threaded BLAS)
+        out = client.compute(y_per_chunk).result(timeout=60)
+        np.testing.assert_allclose(out, _compute(x) @ A_small.T, rtol=1e-10, atol=1e-10)
 
         def transfers_of(key, dask_worker):
             return sum(key in t.get("keys", ()) for t in dask_worker.transfer_incoming_log)
 
-        received = client.run(transfers_of, a_key)
         # A is made on one worker and fetched by the other at most once (never once per task)
-        assert sum(received.values()) <= 1, received
+        for key in (a_key, small_key):
+            received = client.run(transfers_of, key)
+            assert sum(received.values()) <= 1, received
     assert client.status == "closed"
 
 
@@ -299,7 +305,7 @@ def test_local_cluster_results_and_A_sent_once(rng, watchdog):
 @pytest.mark.filterwarnings("ignore:Sending large graph:UserWarning")  # A (18 MB) is in it, once
 def test_local_cluster_survives_a_killed_worker(rng, watchdog):
     An = rng.standard_normal((1500, 1500))
-    x = da.random.default_rng(2).random((24_000, 1500), chunks=(800, 1500))  # 30 blocks, ~0.1 s each
+    x = da.random.default_rng(2).random((24_000, 1500), chunks=(800, 1500))  # 30 blocks, long enough to kill a worker mid-way
     y = batchmv.matvec(An, x)
     with _cluster() as cluster, distributed.Client(cluster) as client:
         client.wait_for_workers(2, timeout=30)
