@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.batchmv-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test layers clean
+.PHONY: setup demo test clean
 
 setup: $(STAMP)
 
@@ -21,13 +21,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 demo: $(STAMP)
 	$(BIN)/batchmv demo
 
-# The layer contracts (pyproject.toml, [tool.importlinter]) on a copy of the package laid
-# out as installed: backends/ is batchmv.backends only in the wheel's layout.
-layers: $(STAMP)
-	rm -rf build/layers && mkdir -p build/layers && cp -r batchmv build/layers/ && cp -r backends build/layers/batchmv/backends
-	cd build/layers && PYTHONPATH=. $(abspath $(BIN))/lint-imports --no-cache $(abspath pyproject.toml)
-
-test: $(STAMP) layers
+test: $(STAMP)
 	$(BIN)/python -m pytest -q --doctest-modules batchmv tests
 
 clean:

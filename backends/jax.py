@@ -148,7 +148,7 @@ class JaxEngine(Engine):
     )
 
     def __init__(self) -> None:
-        # id -> weakref of arrays that wrap another library's memory (see transform_matvec)
+        # id -> weakref of arrays that wrap another library's memory (see expression)
         self._foreign: dict[int, weakref.ref] = {}
 
     # -- questions about native arrays ------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -17,6 +18,33 @@ _BLAS_TYPES = frozenset("fdFD")
 # dtypes numpy.matmul computes
 _MATMUL_KINDS = frozenset("biufc")
 _matmul = np.matmul
+
+
+def _meaning_lost(a: np.ndarray) -> Optional[str]:
+    """Why multiplying the data of this ndarray subclass would drop its meaning, or None.
+
+    Masked arrays (their mask) and subclasses that override numpy's functions
+    (``__array_ufunc__``/``__array_function__``: unit-carrying arrays and the like) are
+    refused; subclasses whose data is their meaning (``numpy.matrix``, ``numpy.memmap``,
+    ``numpy.recarray``) compute as plain arrays.
+    """
+    kind = type(a)
+    if kind is np.ndarray:
+        return None
+    masked = sys.modules.get("numpy.ma")
+    if masked is not None and isinstance(a, masked.MaskedArray):
+        return (
+            "it is a numpy masked array: batchmv multiplies the data, so masked entries would count "
+            "with the values hidden under the mask. Pass np.ma.filled(arr, 0) to count them as zero "
+            "(numpy.ma.dot's rule), or arr.data to use the hidden values"
+        )
+    if kind.__array_ufunc__ is not np.ndarray.__array_ufunc__ or kind.__array_function__ is not np.ndarray.__array_function__:
+        return (
+            f"it is a {kind.__module__}.{kind.__qualname__}, an ndarray subclass that overrides numpy's "
+            "functions (__array_ufunc__/__array_function__), so its data alone is not its meaning "
+            "(units, for example). Pass np.asarray(arr) to multiply the plain values"
+        )
+    return None
 
 
 class NumpyEngine(StridedEngine):
@@ -49,6 +77,9 @@ class NumpyEngine(StridedEngine):
     def signature(self, a: np.ndarray, x: np.ndarray) -> Optional[tuple]:
         return (a.shape, a.strides, a.dtype, x.shape, x.strides, x.dtype)
 
+    def export_refusal(self, a: np.ndarray) -> Optional[str]:
+        return _meaning_lost(a)
+
     # -- crossing libraries --------------------------------------------------------------
     def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[np.ndarray, Optional[str]]:
         shared = source.export_numpy(obj, allow_copy=allow_copy, writable=writable) if source is not None else None
@@ -65,6 +96,9 @@ class NumpyEngine(StridedEngine):
 
     # -- primitives ---------------------------------------------------------------------
     def asarray(self, obj: Any) -> np.ndarray:
+        refusal = _meaning_lost(obj) if isinstance(obj, np.ndarray) else None
+        if refusal:
+            raise TypeError(f"batchmv cannot multiply this array: {refusal}")
         return np.asarray(obj)
 
     def view(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

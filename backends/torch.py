@@ -121,7 +121,9 @@ class TorchEngine(StridedEngine):
             return torch.from_dlpack(obj), None
         # (AssertionError: a CUDA producer on a CPU-only torch; AttributeError: no __dlpack_device__)
         except (AssertionError, AttributeError, BufferError, RuntimeError, TypeError, ValueError) as err:
-            raise TypeError(f"torch cannot import {type(obj).__name__} through DLPack: {err}") from err
+            raise TypeError(
+                f"the torch engine cannot import {type(obj).__name__} (dtype {getattr(obj, 'dtype', '?')}) through DLPack: {err}"
+            ) from err
 
     def astype(self, a: torch.Tensor, dtype: Any) -> torch.Tensor:
         return a.to(dtype)

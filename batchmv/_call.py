@@ -40,7 +40,10 @@ def to_home(obj: Any, label: str, home: Any, allow_copy: bool, copies: list[str]
     """``obj`` as an array of the home library, shared without a copy where possible."""
     lib = _registry.library_of(obj)
     if lib == home.name:
-        return home.asarray(obj)  # numpy scalars become 0-d arrays; arrays pass through
+        try:
+            return home.asarray(obj)  # numpy scalars become 0-d arrays; arrays pass through
+        except TypeError as err:  # an array whose data alone is not its meaning (a masked array)
+            raise TypeError(f"{label}: {err}") from None
     if lib is not None:
         source = _registry.get_engine(lib)
         refusal = source.export_refusal(obj)

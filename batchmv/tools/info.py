@@ -102,9 +102,9 @@ def run(args: argparse.Namespace) -> int:
     print("engines:")
     for name, spec in _registry.ENGINES.items():
         print(_library_line(name, spec.package, spec.install, _DEVICES.get(name, lambda module: ["?"])))
-    print("lazy collections (home libraries whose blocks go to the engines):")
-    for name, collection in _registry.COLLECTIONS.items():
-        print(_library_line(name, collection.package, collection.install, None))
+    print("adapters (home libraries of lazy collections whose blocks go to the engines):")
+    for name, adapter in _registry.ADAPTERS.items():
+        print(_library_line(name, adapter.package, adapter.install, None))
 
     from threadpoolctl import threadpool_info
 
