@@ -1,4 +1,7 @@
-"""Engines, one module per array library (installed as ``batchmv.backends``).
+"""One module per array library (installed as ``batchmv.backends``).
 
-Each module defines ``ENGINE_CLASS``, a class that implements :class:`batchmv._engine.Engine`.
+An engine module (numpy, torch, jax, cupy) defines ``ENGINE_CLASS``, a subclass of
+:class:`batchmv._engine.Engine`; an adapter module (dask) defines ``ADAPTER_CLASS``, which
+takes whole calls on lazy collections above the public API.  Modules whose names start with
+an underscore hold one part of a library's module (how memory enters JAX, dask's graphs).
 """
