@@ -23,13 +23,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .. import _select
 from .._errors import CopyRequiredError
-
-# torch.compile: routing depends on types and settings only; it is evaluated once at
-# trace time and baked into the graph (dynamo cannot trace the contextvar that holds
-# use_backend's setting).  The schedule is plain arithmetic that dynamo traces.
-torch.compiler.assume_constant_result(_select.route)
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
 _linear = torch.nn.functional.linear

@@ -210,6 +210,7 @@ def _batch_plan(
         return blas_order(math.prod([shape[i] for i in run]), n, row_stride(run), vec_stride)
 
     candidates = [k for k, r in enumerate(runs) if not needs_blas or order(r) is not None]
+    best = -1  # (bound even without runs: dynamo reads the comprehension's cells below)
     if not runs:
         gemm_run: list[int] = []
         if needs_blas and order([]) is None:
@@ -222,7 +223,7 @@ def _batch_plan(
             if math.prod([shape[i] for i in runs[k]]) > math.prod([shape[i] for i in runs[best]]):
                 best = k
         gemm_run = runs[best]
-    loops = [r for k, r in enumerate(runs) if not runs or k != best]
+    loops = [r for k, r in enumerate(runs) if k != best]
     rows = math.prod([shape[i] for i in gemm_run])
     total = math.prod([shape[i] for i in live])
     if loops and rows < min(MIN_ROWS_PER_GEMM, total):
