@@ -125,16 +125,16 @@ def schedule(
         i for i, (size, stride) in enumerate(zip(x_shape, x_strides)) if i != axis and size != 1 and stride == 0
     )
     shape_r = tuple(1 if i in zero_axes else s for i, s in enumerate(x_shape))
-    plan = None if x_cast else _batch_plan(shape_r, x_strides, axis, needs_blas, n)
+    grouping = None if x_cast else _batch_grouping(shape_r, x_strides, axis, needs_blas, n)
     x_copy = x_cast
-    if plan is None:
+    if grouping is None:
         x_copy = x_copy or (
             f"x: strides {tuple(x_strides)} along axis {axis} give no GEMM view "
             f"with at least {MIN_ROWS_PER_GEMM} vectors per call, copied with vectors contiguous"
         )
-        plan = _batch_plan(shape_r, vectors_last_strides(shape_r, axis), axis, needs_blas, n)
-        assert plan is not None
-    perm, runs, gemm_run, x_order, x2_strides = plan
+        grouping = _batch_grouping(shape_r, vectors_last_strides(shape_r, axis), axis, needs_blas, n)
+        assert grouping is not None
+    perm, runs, gemm_run, x_order, x2_strides = grouping
 
     loop_shape = tuple(math.prod([shape_r[i] for i in run]) for run in runs)
     rows = math.prod([shape_r[i] for i in gemm_run])
@@ -183,7 +183,7 @@ def _writable_view(
     return not needs_blas or blas_order(rows, m, row_stride, vec) is not None
 
 
-def _batch_plan(
+def _batch_grouping(
     shape: tuple[int, ...], strides: Strides, axis: int, needs_blas: bool, n: int
 ) -> tuple[tuple[int, ...], list[list[int]], list[int], str | None, tuple[int | None, int | None]] | None:
     """Group x's batch axes; None when no acceptable GEMM view exists without a copy."""
@@ -210,6 +210,7 @@ def _batch_plan(
         return blas_order(math.prod([shape[i] for i in run]), n, row_stride(run), vec_stride)
 
     candidates = [k for k, r in enumerate(runs) if not needs_blas or order(r) is not None]
+    best = -1  # (bound even without runs: dynamo reads the comprehension's cells below)
     if not runs:
         gemm_run: list[int] = []
         if needs_blas and order([]) is None:
@@ -222,7 +223,7 @@ def _batch_plan(
             if math.prod([shape[i] for i in runs[k]]) > math.prod([shape[i] for i in runs[best]]):
                 best = k
         gemm_run = runs[best]
-    loops = [r for k, r in enumerate(runs) if not runs or k != best]
+    loops = [r for k, r in enumerate(runs) if k != best]
     rows = math.prod([shape[i] for i in gemm_run])
     total = math.prod([shape[i] for i in live])
     if loops and rows < min(MIN_ROWS_PER_GEMM, total):

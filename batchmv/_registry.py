@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import sys
 import threading
+import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +52,26 @@ DLPACK_HOME = "torch"
 SEQUENCE_HOME = "numpy"
 
 _lock = threading.Lock()
-_engines: dict[str, Engine] = {}
+#: The loaded engines, as attributes named like them.  Not a dict: torch.compile reads an
+#: object's attributes when the traced code reads them, a dict once per trace (an engine
+#: loaded later in that trace would be missing from it).
+_engines = types.SimpleNamespace()
 _library_of_type: dict[type, str | None] = {}
+
+
+def constant_when_traced(fn: Any) -> Any:
+    """Mark ``fn``, whose answer is a name (or names) that depends on types, names and
+    batchmv's settings only, never on values or shapes, as constant for torch.compile:
+    dynamo then runs it as plain Python while tracing and puts its answer into the graph,
+    instead of tracing into the caches it fills, the modules it imports and the context
+    variable it reads (which dynamo cannot trace, or guards in ways that break, such as a
+    type-keyed dict filled during the trace).  The marker is the attribute that
+    ``torch.compiler.assume_constant_result`` sets; set here, on batchmv's own functions,
+    it is in place before any trace, whichever of torch and batchmv was imported first.
+    (Only for answers that are constants: an object returned from such a function cannot
+    be guarded by dynamo.)"""
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def engine_module_exists(name: str) -> bool:
@@ -80,9 +99,17 @@ def get_engine(name: str) -> Engine:
 
     Raises ImportError that says what to install when the library is missing.
     """
-    engine = _engines.get(name)
+    engine = getattr(_engines, name, None)
     if engine is not None:
         return engine
+    return getattr(_engines, _load_engine(name))
+
+
+@constant_when_traced
+def _load_engine(name: str) -> str:
+    """Import and build engine ``name`` unless it is loaded; ``name``."""
+    if hasattr(_engines, name):
+        return name
     spec = ENGINES[name]
     if not engine_module_exists(name):
         raise ImportError(
@@ -93,8 +120,10 @@ def get_engine(name: str) -> Engine:
         raise ImportError(f"the {name!r} engine needs {spec.package}, which is not installed: {spec.install}")
     module = importlib.import_module(f"batchmv.backends.{name}")
     built = module.ENGINE_CLASS()
-    with _lock:
-        return _engines.setdefault(name, built)
+    with _lock:  # publish one finished engine, even when threads race here
+        if not hasattr(_engines, name):
+            setattr(_engines, name, built)
+    return name
 
 
 def library_of(obj: Any) -> str | None:
@@ -102,6 +131,7 @@ def library_of(obj: Any) -> str | None:
     return library_of_type(type(obj))
 
 
+@constant_when_traced
 def library_of_type(kind: type) -> str | None:
     """Name of the registered library whose array type ``kind`` is, or None (cached).
 
@@ -136,7 +166,7 @@ def engine_of_types(kind_a: type, kind_x: type) -> Engine | None:
     lib = library_of_type(kind_x)
     if lib is None or library_of_type(kind_a) != lib:
         return None
-    return _engines.get(lib) or get_engine(lib)
+    return getattr(_engines, lib, None) or get_engine(lib)
 
 
 def _attribute(module: Any, path: str) -> Any:
@@ -174,6 +204,7 @@ _adapters: dict[str, Any] = {}
 _adapter_of_type: dict[type, str | None] = {}
 
 
+@constant_when_traced
 def adapter_of_type(kind: type) -> str | None:
     """Name of the registered adapter library whose array type ``kind`` is, or None
     (cached; imports nothing).

@@ -103,11 +103,13 @@ def home_of(a_type: type, x_type: type) -> str:
     return _registry.SEQUENCE_HOME
 
 
+@_registry.constant_when_traced
 def route(a_type: type, x_type: type, backend: str | None) -> tuple[str, str]:
     """(home library, engine) for a call on arrays of these types.
 
-    Depends on types and settings only, never on values: engines that trace (torch.compile)
-    treat it as a constant, so the engine is chosen when the graph is traced.
+    Depends on types and settings only, never on values: torch.compile treats it as a
+    constant (:func:`batchmv._registry.constant_when_traced`), so the engine is chosen when
+    the graph is traced.
     """
     home = home_of(a_type, x_type)
     name = requested(backend)
