@@ -99,13 +99,19 @@ def share(engine: Any, arr: Any, home: Any, label: str, allow_copy: bool, copies
 
 
 def build(
-    a: Any, x: Any, axis: Any, out: Any, backend: Optional[str], copy: object, choose: Optional[Chooser] = None
+    a: Any, x: Any, axis: Any, out: Any, backend: Optional[str], copy: object, choose: Optional[Chooser] = None,
+    *, engine: Optional[str] = None,
 ) -> Call:
     """Check a call and decide everything about it; nothing is computed.  ``choose`` gives
-    the engine of a call with ``backend="fastest"`` (without it: the home library's)."""
+    the engine of a call with ``backend="fastest"`` (without it: the home library's);
+    ``engine`` names the engine outright, skipping the selection rules (a prepared
+    operator's, which may be an array-API library's that ``backend=`` cannot name)."""
     allow_copy = check_copy(copy)
     copies: list[str] = []
-    home_name, engine_name = _select.route(type(a), type(x), backend)
+    if engine is None:
+        home_name, engine_name = _select.route(type(a), type(x), backend)
+    else:
+        home_name, engine_name = _select.home_of(type(a), type(x)), engine
     lib_a = _registry.library_of(a)
     if lib_a is None or lib_a != _registry.library_of(x):  # compare devices before any import
         _check_devices(a, x)
@@ -158,8 +164,10 @@ def build(
     if out is not None and tracks:
         raise ValueError("out= cannot be used when A or x requires grad: the result must stay in the autograd graph")
     if not engine.strided or engine.in_transform(a_e, x_e):
-        if out is not None and engine is home:
+        if out is not None and engine.in_transform(a_e, x_e):
             raise ValueError("out= cannot be used inside a transform (vmap/grad)")
+        if out is not None and engine is home:  # the expression makes a new array
+            copies.append(f"out: the result is computed by {engine.name}'s {engine.expression_kernel}, then copied into out")
         notes.append(engine.expression_note)
         casts = [  # operands are cast to the result dtype (the home library's promotion)
             f"{label}: cast from {engine.dtype_name(arr)} to the result dtype {dtype}"

@@ -60,7 +60,7 @@ class MatVec:
                     return run(shared, x)
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
-            return adapter.matvec(self.A, x, axis=axis, out=out, backend=self.backend, copy=self.copy)
+            return adapter.matvec(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy)
         call = self._build(x, axis, out)
         run = self._runners.remember(key, call, shared, x) if key is not None else None
         return run(shared, x) if run is not None else _run.execute(call)
@@ -69,12 +69,17 @@ class MatVec:
         """What ``self(x, axis=axis, out=out)`` does, computing nothing."""
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:
-            return adapter.plan(self.A, x, axis=axis, out=out, backend=self.backend, copy=self.copy)
+            return adapter.plan(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy)
         return describe(self._build(x, axis, out))
 
     def _build(self, x: Any, axis: int, out: Any) -> Any:
         a = self._shared if _registry.library_of(x) == self.backend else self.A
-        return _call.build(a, x, axis, out, self.backend, self.copy)
+        return _call.build(a, x, axis, out, None, self.copy, engine=self.backend)
+
+    @property
+    def _nameable(self) -> Optional[str]:
+        """The engine as ``backend=`` names it (None for an array-API library's own engine)."""
+        return self.backend if self.backend in _registry.ENGINES else None
 
 
 def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> MatVec:

@@ -46,6 +46,8 @@ ENGINES: dict[str, EngineSpec] = {
     )
 }
 
+#: The module of the engine of every array-API library that :data:`ENGINES` does not name.
+ARRAY_API = "array_api"
 #: Home library for objects that only offer ``__dlpack__``: their result is a torch tensor.
 DLPACK_HOME = "torch"
 #: Home library for Python sequences and scalars (they go through ``numpy.asarray``).
@@ -110,6 +112,12 @@ def _load_engine(name: str) -> str:
     """Import and build engine ``name`` unless it is loaded; ``name``."""
     if hasattr(_engines, name):
         return name
+    if name not in ENGINES:  # a library that only implements the array API standard
+        built = importlib.import_module(f"batchmv.backends.{ARRAY_API}").ENGINE_CLASS(name)
+        with _lock:
+            if not hasattr(_engines, name):
+                setattr(_engines, name, built)
+        return name
     spec = ENGINES[name]
     if not engine_module_exists(name):
         raise ImportError(
@@ -133,7 +141,9 @@ def library_of(obj: Any) -> str | None:
 
 @constant_when_traced
 def library_of_type(kind: type) -> str | None:
-    """Name of the registered library whose array type ``kind`` is, or None (cached).
+    """Name of the library whose array type ``kind`` is, or None (cached): a library of
+    :data:`ENGINES`, or, for a type with ``__array_namespace__`` that no engine or adapter
+    claims, its top-level module (computed by the array-API engine).
 
     >>> import numpy as np
     >>> library_of_type(np.ndarray), library_of_type(list)
@@ -151,6 +161,9 @@ def library_of_type(kind: type) -> str | None:
         ):
             found = spec.name
             break
+    else:
+        if hasattr(kind, "__array_namespace__") and adapter_of_type(kind) is None:
+            found = kind.__module__.split(".")[0]  # its own engine, batchmv.backends.array_api
     _library_of_type.setdefault(kind, found)  # atomic; every thread computes the same answer
     return found
 

@@ -121,14 +121,15 @@ def home_work(home: Any, x: Any) -> Any:
 
 
 def _candidates(home: Any, a: Any, x: Any, axis: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """The calls of every available engine that takes this call without a copy and keeps
-    its meaning, checked (nothing computed), and the engines refused, with the reason."""
+    """The calls of the home library's engine and of every available engine that takes this
+    call without a copy and keeps its meaning, checked (nothing computed), and the engines
+    refused, with the reason."""
     calls: dict[str, Any] = {}
     refused: dict[str, str] = {}
-    for name in _registry.available_backends():
-        try:
-            calls[name] = _call.build(a, x, axis, None, name, False)
-        except (CopyRequiredError, TypeError, ValueError, ImportError, RuntimeError, BufferError) as err:
+    for name in dict.fromkeys((home.name, *_registry.available_backends())):
+        try:  # ("auto" is the home engine, also one that backend= cannot name: array-API libraries)
+            calls[name] = _call.build(a, x, axis, None, "auto" if name == home.name else name, False)
+        except (CopyRequiredError, TypeError, ValueError, ImportError) as err:
             refused[name] = type(err).__name__
     return calls, refused
 

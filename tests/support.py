@@ -30,8 +30,11 @@ import pytest
 
 import batchmv
 
-#: Every array library batchmv knows about, in the order the test matrix uses.
-KNOWN_LIBRARIES = ("numpy", "torch", "jax", "cupy")
+#: Array libraries that batchmv does not name: computed by the array-API engine in their own
+#: namespace.  They are home libraries of the test matrix, never an engine name (backend=).
+ARRAY_API_ONLY = ("array_api_strict",)
+#: Every array library the test matrix uses, in its order.
+KNOWN_LIBRARIES = ("numpy", "torch", "jax", "cupy", *ARRAY_API_ONLY)
 ENV_VAR = "BATCHMV_TEST_BACKENDS"
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -73,6 +76,8 @@ def skip_reason(name: str) -> str | None:
     """Why library ``name`` cannot be tested here, or None."""
     if not installed(name):
         return f"{name} is not installed"
+    if name in ARRAY_API_ONLY:
+        return None
     if name not in batchmv.available_backends():
         return f"batchmv has no {name} engine yet"
     if name == "cupy":
@@ -157,16 +162,27 @@ def lib_marks(*names: str) -> list:
 
 
 def lib_params() -> list:
-    """One pytest param per requested library, skipped with a reason where it cannot run."""
-    return [pytest.param(name, id=name, marks=lib_marks(name)) for name in libraries()]
+    """One pytest param per requested library that batchmv has an engine for (a home library
+    and an engine name alike), skipped with a reason where it cannot run."""
+    return [pytest.param(name, id=name, marks=lib_marks(name)) for name in engine_libraries()]
+
+
+def engine_libraries() -> tuple[str, ...]:
+    """The requested libraries that ``backend=`` can name."""
+    return tuple(name for name in libraries() if name not in ARRAY_API_ONLY)
+
+
+def home_libraries() -> tuple[str, ...]:
+    """The requested libraries whose arrays a call can take (every requested library)."""
+    return libraries()
 
 
 def pair_params() -> list:
     """(home library, engine) params for every pair of requested libraries."""
     return [
         pytest.param(home, engine, id=f"{home}-on-{engine}", marks=lib_marks(home, engine))
-        for home in libraries()
-        for engine in libraries()
+        for home in engine_libraries()
+        for engine in engine_libraries()
     ]
 
 
@@ -214,12 +230,15 @@ def lib_dtype(lib: str, name: str) -> Any:
         return np.dtype(getattr(jnp, name))
     if lib == "cupy":
         return np.dtype(name)
+    if lib in ARRAY_API_ONLY:
+        return getattr(importlib.import_module(lib), name)
     raise NotImplementedError(lib)
 
 
 def dtype_name(dtype: Any) -> str:
-    """``float64`` for np.float64, np.dtype('float64') and torch.float64 alike."""
-    return str(dtype).removeprefix("torch.")
+    """``float64`` for np.float64, np.dtype('float64'), torch.float64 and
+    array_api_strict.float64 alike."""
+    return str(dtype).rsplit(".", 1)[-1]
 
 
 def library_of_array(a: Any) -> str:
@@ -242,6 +261,9 @@ def promoted(lib: str, a_dtype: str, x_dtype: str) -> str:
         import jax.numpy as jnp
 
         return str(jnp.result_type(lib_dtype("jax", a_dtype), lib_dtype("jax", x_dtype)))
+    if lib in ARRAY_API_ONLY:
+        xp = importlib.import_module(lib)
+        return dtype_name(xp.result_type(lib_dtype(lib, a_dtype), lib_dtype(lib, x_dtype)))
     raise NotImplementedError(lib)
 
 
@@ -315,6 +337,9 @@ def in_lib(root: np.ndarray, views: Iterable[np.ndarray], lib: str, dtype: str |
 
         # jax arrays have no strides to choose: the values, densely laid out by jax
         return [jnp.asarray(v.astype(lib_dtype("jax", dtype))) for v in views]
+    if lib in ARRAY_API_ONLY:  # no strides either: the values, in the library's own arrays
+        xp = importlib.import_module(lib)
+        return [xp.asarray(np.ascontiguousarray(v), dtype=lib_dtype(lib, dtype)) for v in views]
     if lib == "cupy":
         import cupy
 
@@ -352,6 +377,8 @@ def to_numpy(a: Any) -> np.ndarray:
         arr = t.cpu().numpy()
     elif library_of_array(a) == "cupy":
         arr = a.get()
+    elif library_of_array(a) in ARRAY_API_ONLY:
+        arr = np.from_dlpack(a)
     else:
         arr = np.asarray(a)
         if arr.dtype.name == "bfloat16":  # jax's ml_dtypes bfloat16

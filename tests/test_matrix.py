@@ -86,6 +86,8 @@ def make_x(layout: str, shape: tuple[int, ...], axis: int, rng: np.random.Genera
 def valid(home: str, a_layout: str, x_layout: str, batch: str, axis_kind: str, out_kind: str = "none") -> bool:
     if home != "numpy" and a_layout == "reversed":
         return False  # negative strides exist in numpy only
+    if home in support.ARRAY_API_ONLY and ((a_layout, x_layout) != ("C", "contiguous") or out_kind in ("strided", "alias")):
+        return False  # the array API has no strides to choose and no views of each other
     if home == "jax" and (a_layout, x_layout) != ("C", "contiguous") or home == "jax" and out_kind in ("strided", "alias"):
         return False  # jax arrays have no strides to choose and cannot be views of each other
     if batch == "none":
@@ -151,16 +153,23 @@ def run_case(home, engine, a_dtype, x_dtype, a_layout, x_layout, batch, axis_kin
         np.testing.assert_array_equal(support.to_numpy(x), x_before, err_msg="x was modified")
 
 
+def engines_for(home: str) -> tuple[str, ...]:
+    """The engines a home library's arrays are tested on: every nameable engine, and "auto"
+    for a library that only the array-API engine computes (backend= cannot name it)."""
+    return (*support.engine_libraries(), *(("auto",) if home in support.ARRAY_API_ONLY else ()))
+
+
 def _pair_cases(case_lists):
     """params for every (home, engine) pair; a pair that cannot run is one skipped param."""
     params = []
-    for home, engine in itertools.product(support.libraries(), repeat=2):
-        marks = support.lib_marks(home, engine)
-        if marks:
-            params.append(pytest.param(home, engine, *([None] * 7), id=f"{home}-on-{engine}", marks=marks))
-            continue
-        for values in case_lists(home, engine):
-            params.append(pytest.param(home, engine, *values, id="-".join([f"{home}-on-{engine}", *values])))
+    for home in support.home_libraries():
+        for engine in engines_for(home):
+            marks = support.lib_marks(home) if engine == "auto" else support.lib_marks(home, engine)
+            if marks:
+                params.append(pytest.param(home, engine, *([None] * 7), id=f"{home}-on-{engine}", marks=marks))
+                continue
+            for values in case_lists(home, engine):
+                params.append(pytest.param(home, engine, *values, id="-".join([f"{home}-on-{engine}", *values])))
     return params
 
 
@@ -182,6 +191,8 @@ def _dtype_cases(home, engine):
     for dtype in DTYPES:
         if dtype == "bfloat16" and home != "torch":
             continue  # numpy has no bfloat16
+        if dtype == "float16" and home in support.ARRAY_API_ONLY:
+            continue  # the array API standard has no float16
         cases = [
             (a_layout, x_layout, "several", axis_kind, out_kind)
             for a_layout, x_layout, axis_kind, out_kind in itertools.product(
@@ -214,6 +225,8 @@ MIXED = (
 
 def _mixed_cases(home, engine):
     for a_dtype, x_dtype in MIXED:
+        if home in support.ARRAY_API_ONLY and (a_dtype[0] != x_dtype[0] and "int" in a_dtype + x_dtype or "float16" in (a_dtype, x_dtype)):
+            continue  # the standard promotes within a kind (and real with complex) only
         for a_layout, out_kind in (("C", "none"), ("transposed", "contiguous")):
             yield (a_dtype, x_dtype, a_layout, "contiguous", "one", "last", out_kind)
     if home == "torch":
@@ -241,10 +254,12 @@ def test_edge_sizes(xp_name, engine_name, m, n, rng):
 def test_matrix_covers_every_home_and_engine():
     """The matrix must not silently lose a testable pair (e.g. by a filtering mistake)."""
     ids = [p.id for p in _pair_cases(_layout_cases) if not p.marks]
-    for home, engine in itertools.product(support.testable(), repeat=2):
-        if support.cross_device_reason(home, engine):
-            continue  # (cupy with a CPU library: refused, see test_gpu.py)
-        assert any(i.startswith(f"{home}-on-{engine}-") for i in ids)
+    for home in support.testable():
+        engines = [e for e in engines_for(home) if e == "auto" or e in support.testable()]
+        for engine in engines:
+            if engine != "auto" and support.cross_device_reason(home, engine):
+                continue  # (cupy with a CPU library: refused, see test_gpu.py)
+            assert any(i.startswith(f"{home}-on-{engine}-") for i in ids), (home, engine)
 
 
 def test_out_aliasing_a(xp_name, engine_name, rng):
