@@ -143,8 +143,13 @@ def libraries() -> tuple[str, ...]:
 
 
 def testable() -> tuple[str, ...]:
-    """Requested libraries that are installed and have an engine."""
-    return tuple(name for name in libraries() if skip_reason(name) is None)
+    """Requested libraries that are installed and that ``backend=`` can name (an engine)."""
+    return tuple(name for name in engine_libraries() if skip_reason(name) is None)
+
+
+def testable_homes() -> tuple[str, ...]:
+    """Requested libraries that are installed: the homes a call can have."""
+    return tuple(name for name in home_libraries() if skip_reason(name) is None)
 
 
 def lib_marks(*names: str) -> list:
