@@ -3,9 +3,8 @@ its meaning, the one measured fastest for this kind of call.
 
 A kind of call is (result library, device, dtype, layout of A and x, shape bucket).  Each
 kind is measured once, in the state it will run in, and the choice is cached in memory
-and, when ``BATCHMV_TUNE_CACHE`` names a file, on disk.  A cache file that is corrupt, of
-another format, or written on another machine or library set is ignored with a warning,
-never trusted.
+and, when ``BATCHMV_TUNE_CACHE`` names a file, on disk (:mod:`batchmv._tune_cache`: a
+file that cannot be trusted is ignored with a warning).
 
 The state it will run in: a program whose arrays belong to one library does that
 library's own work between its matvec calls.  On the CPU each library keeps its own thread
@@ -24,19 +23,16 @@ fail to hold (README, "Benchmarks and targets").
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import threading
-import warnings
 from typing import Any
 
-from . import _call, _registry, _run, _timing
+from . import _call, _registry, _run, _timing, _tune_cache
 from ._errors import CopyRequiredError
 
 CACHE_ENV = "BATCHMV_TUNE_CACHE"
-_FORMAT = "batchmv-tune-1"
 _lock = threading.Lock()
 _choices: dict[str, dict[str, Any]] = {}
 _disk_loaded = False
@@ -69,35 +65,14 @@ def _load_disk() -> None:
     global _disk_loaded
     _disk_loaded = True
     path = os.environ.get(CACHE_ENV)
-    if not path or not os.path.exists(path):
-        return
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError("not a batchmv tuning cache")
-        if data.get("machine") != _machine():
-            raise ValueError("written on another machine or with other library versions")
-        entries = data["choices"]
-        valid = set(_registry.available_backends())
-        if not isinstance(entries, dict) or not all(
-            isinstance(v, dict) and v.get("engine") in valid for v in entries.values()
-        ):
-            raise ValueError("entries name engines that are not available here")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        warnings.warn(f"ignoring the tuning cache {path} ({err}); it will be rewritten", RuntimeWarning, stacklevel=4)
-        return
-    _choices.update(entries)
+    if path:
+        _choices.update(_tune_cache.load(path, _machine(), frozenset(_registry.available_backends())))
 
 
-def _save_disk() -> None:
+def _save_disk(choices: dict[str, dict[str, Any]]) -> None:
     path = os.environ.get(CACHE_ENV)
-    if not path:
-        return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"format": _FORMAT, "machine": _machine(), "choices": _choices}, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    if path:
+        _tune_cache.save(path, _machine(), frozenset(_registry.available_backends()), choices)
 
 
 #: The home library's own engine is kept unless another is faster by more than this fraction
@@ -174,10 +149,11 @@ def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
     best = min(times, key=times.__getitem__)
     if home.name in times and times[home.name] <= times[best] * (1 + HOME_MARGIN):
         best = home.name
-    times = {name: max(t - work_alone, 0.0) for name, t in times.items()}  # shown: the call's share
+    times = {name: max(float(t - work_alone), 0.0) for name, t in times.items()}  # shown: the call's share
     with _lock:
         _choices[key] = {"engine": best, "times": times}
-        _save_disk()
+        snapshot = dict(_choices)
+    _save_disk(snapshot)
     skipped = f"; not eligible: {refused}" if refused else ""
     state = f", each with {home.name}'s own work between calls" if work is not None else ""
     return best, f"fastest: {best} (measured {_show(times)}{state} for {key}{skipped})"
