@@ -147,13 +147,35 @@ def _candidates(home: Any, a: Any, x: Any, axis: int) -> tuple[dict[str, Any], d
     return calls, refused
 
 
-def _takes(name: str, a: Any, x: Any, axis: int) -> bool:
-    """Whether engine ``name`` takes this very call without a copy, keeping its meaning."""
+#: Answers of :func:`_takes` kept at most; beyond, they start over.
+_MAX_CHECKS = 1024
+_checks: dict[tuple, bool] = {}
+
+
+def _takes(name: str, home: Any, a: Any, x: Any, axis: int, key: str) -> bool:
+    """Whether engine ``name`` takes this very call without a copy, keeping its meaning:
+    a call built for it with copy=False.  The answer is kept for arrays that agree in
+    everything the checks read (the home engine's signature of A and x, and the kind,
+    which adds alignment and writability); a call is built only for new ones."""
+    signature = home.signature(a, x)
+    memo = None if signature is None else (name, type(a), type(x), signature, axis, key)
+    try:
+        return _checks[memo]
+    except (KeyError, TypeError):  # TypeError: a signature that cannot be hashed
+        pass
     try:
         _call.build(a, x, axis, None, name, False)
+        takes = True
     except _REFUSALS:
-        return False
-    return True
+        takes = False
+    if memo is not None:
+        if len(_checks) >= _MAX_CHECKS:
+            _checks.clear()
+        try:
+            _checks[memo] = takes
+        except TypeError:
+            pass
+    return takes
 
 
 def _known(key: str) -> dict[str, Any] | None:
@@ -168,7 +190,7 @@ def _decide(home: Any, a: Any, x: Any, axis: int, dtype: Any, measure: bool) -> 
     arrays; otherwise measured (``measure``) or, until measured, the home engine."""
     key = kind_of(home, a, x, axis, dtype)
     known = _known(key)
-    if known is not None and _takes(known["engine"], a, x, axis):
+    if known is not None and _takes(known["engine"], home, a, x, axis, key):
         return _cached(known, key)
     calls, refused = _candidates(home, a, x, axis)
     if known is not None:

@@ -23,6 +23,7 @@ def fresh(monkeypatch):
     monkeypatch.delenv(_tune.CACHE_ENV, raising=False)
     monkeypatch.setattr(_tune, "_choices", {})
     monkeypatch.setattr(_tune, "_disk_loaded", True)
+    monkeypatch.setattr(_tune, "_checks", {})
     monkeypatch.setattr(batchmv._cache, "calls", batchmv._cache.Runners(batchmv._cache.MAX_CALLS))
     rounds = {"numpy": 1.0, "torch": 2.0, "jax": 3.0, "cupy": 4.0}
     monkeypatch.setattr(batchmv._timing, "rounds_in_use", lambda run, work, budget_s=0.05: rounds[run.__defaults__[0].engine.name])
@@ -152,3 +153,23 @@ def test_the_kind_tells_apart_what_decides_eligibility():
         odd = _tune.kind_of(HOME, _at_offset(a0, 0), odd_x, 1, np.dtype(np.float32))
         assert odd != plain, name
     assert "misaligned" in _tune.kind_of(HOME, _at_offset(a0, 1), x0, 1, np.dtype(np.float32))
+
+
+def test_the_check_is_kept_only_for_arrays_that_agree_in_everything_it_reads(fresh, monkeypatch):
+    """A repeated call does not build the remembered engine's call again; arrays of the same
+    shapes, strides and dtype but another alignment are checked afresh."""
+    support.need("torch")
+    built = []
+    original = batchmv._call.build
+    monkeypatch.setattr(batchmv._call, "build", lambda a, x, axis, out, backend, *r: built.append(backend) or original(a, x, axis, out, backend, *r))
+    a0, x0 = _values()
+    a, x = _at_offset(a0, 0), _at_offset(x0, 0)
+    _remember(fresh, "torch", a, x)
+    for _ in range(3):
+        assert batchmv.plan(a, x, backend="fastest").backend == "torch"
+        batchmv.matvec(a, x, backend="fastest")
+    assert built.count("torch") == 1
+    a1, x1 = _at_offset(a0, 1), _at_offset(x0, 1)  # same signature, misaligned
+    _remember(fresh, "torch", a1, x1)
+    assert batchmv.plan(a1, x1, backend="fastest").backend == "numpy"
+    assert built.count("torch") > 1  # checked afresh (then among the candidates)

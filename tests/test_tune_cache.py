@@ -22,6 +22,7 @@ import pytest
 import batchmv
 import support
 from batchmv import _tune, _tune_cache
+from batchmv._memory import aligned_empty
 
 ENGINES = frozenset(batchmv.available_backends())
 
@@ -60,8 +61,11 @@ def fresh(monkeypatch):
 
 
 def _problem(batch=300):
+    """A, x of one kind whenever they are made: the kind holds their alignment."""
     rng = np.random.default_rng(7)
-    return rng.standard_normal((64, 48)).astype(np.float32), rng.standard_normal((batch, 48)).astype(np.float32)
+    a, x = aligned_empty((64, 48), np.float32), aligned_empty((batch, 48), np.float32)
+    a[...], x[...] = rng.standard_normal(a.shape), rng.standard_normal(x.shape)
+    return a, x
 
 
 def _calls_give_results(a, x):
