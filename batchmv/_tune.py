@@ -1,11 +1,13 @@
 """The ``"fastest"`` engine: among the engines that can take a call without a copy and keep
 its meaning, the one measured fastest for this kind of call.
 
-A kind of call is (result library, device, dtype, layout of A and x, shape bucket).  Each
-kind is measured once, in the state it will run in, and the choice is cached in memory
-and, when ``BATCHMV_TUNE_CACHE`` names a file, on disk.  A cache file that is corrupt, of
-another format, or written on another machine or library set is ignored with a warning,
-never trusted.
+A kind of call is (result library, device, dtype, each operand's dtype, layout, stride
+signs, writability and alignment, shape bucket): what decides which engines can take the
+call and which is fastest.  Each kind is measured once, in the state it will run in, and the choice is
+cached in memory and, when ``BATCHMV_TUNE_CACHE`` names a file, on disk
+(:mod:`batchmv._tune_cache`: a file that cannot be trusted is ignored with a warning).  A
+remembered choice is used only for arrays its engine takes without a copy; arrays it
+cannot take are a kind of their own, keyed by the engines that can.
 
 The state it will run in: a program whose arrays belong to one library does that
 library's own work between its matvec calls.  On the CPU each library keeps its own thread
@@ -24,19 +26,17 @@ fail to hold (README, "Benchmarks and targets").
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import threading
-import warnings
 from typing import Any
 
-from . import _call, _registry, _run, _timing
+from . import _call, _registry, _run, _timing, _tune_cache
 from ._errors import CopyRequiredError
+from ._memory import ALIGNMENT
 
 CACHE_ENV = "BATCHMV_TUNE_CACHE"
-_FORMAT = "batchmv-tune-1"
 _lock = threading.Lock()
 _choices: dict[str, dict[str, Any]] = {}
 _disk_loaded = False
@@ -55,49 +55,59 @@ def _machine() -> dict[str, Any]:
 
 
 def kind_of(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> str:
-    """The cache key of a call: what decides which engine is fastest, not the values."""
+    """The cache key of a call: what decides which engines can take it without a copy and
+    which is fastest, not the values.
+
+    >>> import numpy as np
+    >>> from batchmv._registry import get_engine
+    >>> a, x = np.ones((3, 4), np.float32), np.ones((20, 4), np.float32)
+    >>> kind_of(get_engine("numpy"), a, x, 1, np.dtype(np.float32))  # doctest: +ELLIPSIS
+    'numpy|cpu|float32|A:float32,C,...|x:float32,vectors-contiguous,...|m,n,b~2^(2, 2, 5)'
+    """
     a_strides, x_strides = home.strides(a), home.strides(x)
     m, n = home.shape(a)
     a_layout = "C" if a_strides[1] == 1 else "F" if a_strides[0] == 1 else "strided"
     x_layout = "vectors-contiguous" if x_strides[axis] == 1 else "batch-contiguous"
     batch = math.prod(s for i, s in enumerate(home.shape(x)) if i != axis)
     bucket = tuple(max(0, math.ceil(math.log2(max(v, 1)))) for v in (m, n, batch))
-    return f"{home.name}|{home.device(x)}|{dtype}|A:{a_layout}|x:{x_layout}|m,n,b~2^{bucket}"
+    return (
+        f"{home.name}|{home.device(x)}|{dtype}|A:{_operand(home, a, a_layout, a_strides)}"
+        f"|x:{_operand(home, x, x_layout, x_strides)}|m,n,b~2^{bucket}"
+    )
+
+
+def _operand(home: Any, arr: Any, layout: str, strides: tuple) -> str:
+    """What decides whether an engine can share an operand: its dtype (byte order
+    included), its layout, the signs of its strides, whether it is writable (libraries
+    import read-only memory by other routes), and how its data is aligned (another library
+    may share only element-aligned data, and JAX only ``ALIGNMENT``-aligned)."""
+    signs = "?" if None in strides else "neg" if any(s < 0 for s in strides) else "pos"
+    try:
+        access = "rw" if home.is_writable(arr) else "ro"
+    except Exception:  # noqa: BLE001 - immutable arrays (jax) say so by raising
+        access = "ro"
+    try:
+        address = home.address(arr)[0]
+    except Exception:  # noqa: BLE001 - no observable address (tracers, sharded arrays)
+        align = "align?"
+    else:
+        itemsize = home.itemsize(arr)
+        align = f"align{ALIGNMENT}" if address % ALIGNMENT == 0 else "aligned" if address % itemsize == 0 else "misaligned"
+    return f"{home.dtype_name(arr)},{layout},{signs},{access},{align}"
 
 
 def _load_disk() -> None:
     global _disk_loaded
     _disk_loaded = True
     path = os.environ.get(CACHE_ENV)
-    if not path or not os.path.exists(path):
-        return
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError("not a batchmv tuning cache")
-        if data.get("machine") != _machine():
-            raise ValueError("written on another machine or with other library versions")
-        entries = data["choices"]
-        valid = set(_registry.available_backends())
-        if not isinstance(entries, dict) or not all(
-            isinstance(v, dict) and v.get("engine") in valid for v in entries.values()
-        ):
-            raise ValueError("entries name engines that are not available here")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        warnings.warn(f"ignoring the tuning cache {path} ({err}); it will be rewritten", RuntimeWarning, stacklevel=4)
-        return
-    _choices.update(entries)
+    if path:
+        _choices.update(_tune_cache.load(path, _machine(), frozenset(_registry.available_backends())))
 
 
-def _save_disk() -> None:
+def _save_disk(choices: dict[str, dict[str, Any]]) -> None:
     path = os.environ.get(CACHE_ENV)
-    if not path:
-        return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"format": _FORMAT, "machine": _machine(), "choices": _choices}, fh, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    if path:
+        _tune_cache.save(path, _machine(), frozenset(_registry.available_backends()), choices)
 
 
 #: The home library's own engine is kept unless another is faster by more than this fraction
@@ -120,6 +130,10 @@ def home_work(home: Any, x: Any) -> Any:
     return lambda: _timing.wait(home.expression(w, w, 1))
 
 
+#: What building a call raises for an engine that cannot take it without a copy.
+_REFUSALS = (CopyRequiredError, TypeError, ValueError, ImportError, RuntimeError, BufferError)
+
+
 def _candidates(home: Any, a: Any, x: Any, axis: int) -> tuple[dict[str, Any], dict[str, str]]:
     """The calls of the home library's engine and of every available engine that takes this
     call without a copy and keeps its meaning, checked (nothing computed), and the engines
@@ -127,11 +141,48 @@ def _candidates(home: Any, a: Any, x: Any, axis: int) -> tuple[dict[str, Any], d
     calls: dict[str, Any] = {}
     refused: dict[str, str] = {}
     for name in dict.fromkeys((home.name, *_registry.available_backends())):
-        try:  # ("auto" is the home engine, also one that backend= cannot name: array-API libraries)
-            calls[name] = _call.build(a, x, axis, None, "auto" if name == home.name else name, False)
-        except (CopyRequiredError, TypeError, ValueError, ImportError) as err:
+        try:
+            calls[name] = _build_for(name, home, a, x, axis)
+        except _REFUSALS as err:
             refused[name] = type(err).__name__
     return calls, refused
+
+
+def _build_for(name: str, home: Any, a: Any, x: Any, axis: int) -> Any:
+    """The call on engine ``name`` with copy=False, checked ("auto" for the home engine,
+    which backend= cannot name when it is an array-API library's)."""
+    return _call.build(a, x, axis, None, "auto" if name == home.name else name, False)
+
+
+#: Answers of :func:`_takes` kept at most; beyond, they start over.
+_MAX_CHECKS = 1024
+_checks: dict[tuple, bool] = {}
+
+
+def _takes(name: str, home: Any, a: Any, x: Any, axis: int, key: str) -> bool:
+    """Whether engine ``name`` takes this very call without a copy, keeping its meaning:
+    a call built for it with copy=False.  The answer is kept for arrays that agree in
+    everything the checks read (the home engine's signature of A and x, and the kind,
+    which adds alignment and writability); a call is built only for new ones."""
+    signature = home.signature(a, x)
+    memo = None if signature is None else (name, type(a), type(x), signature, axis, key)
+    try:
+        return _checks[memo]
+    except (KeyError, TypeError):  # TypeError: a signature that cannot be hashed
+        pass
+    try:
+        _build_for(name, home, a, x, axis)
+        takes = True
+    except _REFUSALS:
+        takes = False
+    if memo is not None:
+        if len(_checks) >= _MAX_CHECKS:
+            _checks.clear()
+        try:
+            _checks[memo] = takes
+        except TypeError:
+            pass
+    return takes
 
 
 def _known(key: str) -> dict[str, Any] | None:
@@ -141,47 +192,67 @@ def _known(key: str) -> dict[str, Any] | None:
         return _choices.get(key)
 
 
-def recall(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
-    """(engine name, why) as :func:`choose` decided for this kind of call, without timing
-    anything: the home library's engine, and the candidates, while no decision exists."""
+def _decide(home: Any, a: Any, x: Any, axis: int, dtype: Any, measure: bool) -> tuple[str, str]:
+    """The choice for this call: the remembered one when its engine takes these very
+    arrays; otherwise measured (``measure``) or, until measured, the home engine."""
     key = kind_of(home, a, x, axis, dtype)
     known = _known(key)
-    if known is not None:
-        return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
+    if known is not None and _takes(known["engine"], home, a, x, axis, key):
+        return _cached(known, key)
     calls, refused = _candidates(home, a, x, axis)
+    if known is not None:
+        # these arrays differ from the kind's in something the kind does not show, and
+        # the remembered engine cannot take them: the engines that can make the kind
+        key = f"{key}|engines:{','.join(sorted(calls))}"
+        known = _known(key)
+        if known is not None and known["engine"] in calls:
+            return _cached(known, key)
     skipped = f"; not eligible: {refused}" if refused else ""
-    return home.name, (
-        f"fastest: not measured yet for {key}; the first matvec of this kind times {', '.join(calls) or 'no engine'}"
-        f" and keeps the fastest; until then this plan shows {home.name}, the home library's engine{skipped}"
-    )
+    if not measure:
+        return home.name, (
+            f"fastest: not measured yet for {key}; the first matvec of this kind times {', '.join(calls) or 'no engine'}"
+            f" and keeps the fastest; until then this plan shows {home.name}, the home library's engine{skipped}"
+        )
+    if not calls:
+        return home.name, f"fastest: no engine takes this call without a copy ({refused}); using {home.name}"
+    best, times, work = _measure(home, x, calls)
+    with _lock:
+        _choices[key] = {"engine": best, "times": times}
+        snapshot = dict(_choices)
+    _save_disk(snapshot)
+    state = f", each with {home.name}'s own work between calls" if work else ""
+    return best, f"fastest: {best} (measured {_show(times)}{state} for {key}{skipped})"
 
 
-def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
-    """(engine name, why) for a call whose inputs ``a``, ``x`` belong to ``home``: measured
-    once per kind of call, then remembered."""
-    key = kind_of(home, a, x, axis, dtype)
-    known = _known(key)
-    if known is not None:
-        return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
-    calls, refused = _candidates(home, a, x, axis)
+def _cached(known: dict[str, Any], key: str) -> tuple[str, str]:
+    return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
+
+
+def _measure(home: Any, x: Any, calls: dict[str, Any]) -> tuple[str, dict[str, float], bool]:
+    """(the fastest engine by the decision rule, each engine's share of a round in
+    seconds, whether the home library's work ran between calls)."""
     work = home_work(home, x) if len(calls) > 1 else None
     work_alone = _timing.median_seconds(work) if work is not None else 0.0
     times: dict[str, float] = {}
     for name, call in calls.items():  # seconds per call, or per round of work and call
         run = lambda call=call: _run.execute(call)  # noqa: E731
         times[name] = _timing.median_seconds(run) if work is None else _timing.rounds_in_use(run, work)
-    if not times:
-        return home.name, f"fastest: no engine takes this call without a copy ({refused}); using {home.name}"
     best = min(times, key=times.__getitem__)
     if home.name in times and times[home.name] <= times[best] * (1 + HOME_MARGIN):
         best = home.name
-    times = {name: max(t - work_alone, 0.0) for name, t in times.items()}  # shown: the call's share
-    with _lock:
-        _choices[key] = {"engine": best, "times": times}
-        _save_disk()
-    skipped = f"; not eligible: {refused}" if refused else ""
-    state = f", each with {home.name}'s own work between calls" if work is not None else ""
-    return best, f"fastest: {best} (measured {_show(times)}{state} for {key}{skipped})"
+    return best, {name: max(float(t - work_alone), 0.0) for name, t in times.items()}, work is not None
+
+
+def recall(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
+    """(engine name, why) as :func:`choose` decides for this call, without timing anything:
+    the home library's engine, and the candidates, while no decision exists."""
+    return _decide(home, a, x, axis, dtype, measure=False)
+
+
+def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
+    """(engine name, why) for a call whose inputs ``a``, ``x`` belong to ``home``: measured
+    once per kind of call, then remembered."""
+    return _decide(home, a, x, axis, dtype, measure=True)
 
 
 def _show(times: dict[str, float]) -> str:
