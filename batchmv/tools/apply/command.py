@@ -140,7 +140,7 @@ def _run(args: argparse.Namespace) -> None:
         raise BadInput(str(err)) from None
     job = make_job(args, budget)
     try:
-        client = connect(args.scheduler) if args.scheduler else None
+        client = connect(args.scheduler) if args.scheduler is not None else None
         try:
             _warn_space(job)
             with OutLock(job.out, (job.matrix, job.vectors)):

@@ -77,8 +77,8 @@ def changed_block(job: Job, partial_fd: int, done: dict[int, tuple[str, str]], x
         xb, yb = x_full[: o1 - o0, :, : i1 - i0], y_full[: o1 - o0, :, : i1 - i0]
         transfer_block(job.vectors.fd, job.vectors.offset, job.shape3, loc, xb, write=False)
         if digest(xb) != done[k][0]:
-            return f"VECTORS {job.vectors.path} changed since the interrupted run (the data of block {k} differs)"
+            return f"VECTORS {job.vectors.path} changed since the interrupted run (block {k} differs from the journal's digest)"
         transfer_block(partial_fd, len(job.header), job.y_shape3, loc, yb, write=False)
         if digest(yb) != done[k][1]:
-            return f"the result of block {k} in {job.out}.partial changed since it was written"
+            return f"{job.out}.partial changed since it was written (block {k} differs from the journal's digest)"
     return None

@@ -101,7 +101,7 @@ def _executor(scheduler: str | None) -> dict:
     """Where the blocks run, for the fingerprint: a resumed run must compute like the first
     one to give the same bytes (BLAS kernels can depend on the number of threads).  (Not
     "runner": the library's name for its fast path of repeated calls.)"""
-    if scheduler:
+    if scheduler is not None:
         return {"executor": "dask"}
     from threadpoolctl import threadpool_info
 

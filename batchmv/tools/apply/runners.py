@@ -16,6 +16,7 @@ the journal's fingerprint records which way ran, and a resumed run must use the 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Iterable
 
 from batchmv._memory import aligned_empty
@@ -116,8 +117,19 @@ def connect(address: str) -> Any:
     it cannot be reached."""
     try:
         from distributed import Client
+        from distributed.comm import get_address_host, parse_address
+        from distributed.comm.registry import get_backend
     except ImportError as err:
         raise BadInput(f"--scheduler needs dask and distributed: pip install 'batchmv[dask]' ({err})") from None
+    try:
+        # the address first: a Client that fails on a bad one leaves a half-made object whose
+        # __del__ prints a traceback 20 s later (a removed protocol also warns, on several lines)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            get_backend(parse_address(address)[0])
+            get_address_host(address)
+    except Exception as err:  # noqa: BLE001 - distributed's parsers raise ValueError, TypeError, warnings ...
+        raise BadInput(f"--scheduler {address!r} is not a Dask scheduler address ({' '.join(str(err).split())})") from None
     try:
         return Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError, TypeError) as err:
