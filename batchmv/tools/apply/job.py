@@ -217,7 +217,7 @@ def _blocking(shape3: tuple[int, int, int], cost: int, budget: int, m: int, n: i
 
 def _report_block(a: Any, x_dtype: Any, r_dtype: Any, n: int, m: int, block: tuple[int, int], engine: str,
                   measure: bool) -> Any:  # fmt: skip
-    """batchmv.plan for a full block, on template blocks of the real shape and layout (zeros).
+    """batchmv.plan for a full block, on template blocks of the real shape and layout.
 
     ``plan`` never measures: with "fastest" it reports the home engine until a ``matvec`` of
     this kind has measured.  So one ``matvec(backend="fastest")`` on the template comes first
@@ -225,12 +225,13 @@ def _report_block(a: Any, x_dtype: Any, r_dtype: Any, n: int, m: int, block: tup
     import batchmv
 
     ob, ib = block
-    # aligned like the run's block buffers, in case alignment decides the kind of call
+    # aligned like the run's block buffers, in case alignment decides the kind of call; the
+    # pages are touched (zeros) only to measure: plan reads no data
     xb, yb = aligned_empty((ob, n, ib), x_dtype), aligned_empty((ob, m, ib), r_dtype)
-    xb.fill(0)
-    yb.fill(0)
     try:
         if engine == "fastest" and measure:
+            xb.fill(0)
+            yb.fill(0)
             batchmv.matvec(a, xb, axis=1, out=yb, backend="fastest")
         return batchmv.plan(a, xb, axis=1, out=yb, backend=engine)
     except (ValueError, TypeError, ImportError, RuntimeError) as err:

@@ -57,13 +57,14 @@ def run_local(job: Job, output: Output, pending: Iterable[int], bar: Any, x_full
             x_full[:, :, i1 - i0 :] = 0
         transfer_block(fd_x, job.vectors.offset, job.shape3, loc, xb, write=False)
         batchmv.matvec(job.a, x_full, axis=1, out=y_full, backend=job.engine)
-        # the digests in a second thread while this one writes and syncs (both only read the buffers)
-        digests = Background(lambda: (digest(xb), digest(yb)))
+        # the digests in two more threads while this one writes and syncs (all only read the
+        # buffers; hashlib and the system calls release the GIL, and fdatasync mostly waits)
+        x_digest, y_digest = Background(lambda: digest(xb)), Background(lambda: digest(yb))
         try:
             transfer_block(output.fd, len(job.header), job.y_shape3, loc, yb, write=True)
             os.fdatasync(output.fd)
-        finally:
-            block_digests = digests.result()  # the buffers are reused only once it is done
+        finally:  # the buffers are reused only once both are done
+            block_digests = (x_digest.result(), y_digest.result())
         if i1 == inner:  # the pages of this stretch of both files will not be read again
             drop_pages(fd_x, job.vectors.offset + o0 * n * inner * xb.itemsize, (o1 - o0) * n * inner * xb.itemsize)
             drop_pages(output.fd, len(job.header) + o0 * m * inner * yb.itemsize, (o1 - o0) * m * inner * yb.itemsize)
