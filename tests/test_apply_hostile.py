@@ -330,3 +330,13 @@ def test_n_zero_gives_zeros_without_blocks(tmp_path, capsys):
     assert got.shape == expected.shape and got.dtype == expected.dtype
     assert got.tobytes() == expected.tobytes()
     assert (tmp_path / "Y.npy").read_bytes()[:128] == npy_bytes(expected)[:128]
+
+
+@pytest.mark.parametrize("extra", [["--axis", "abc"], ["--axis", "9" * 5000], ["--axis", "9" * 40], []])
+def test_bad_arguments_are_one_line(files, extra):
+    out = [] if not extra else ["-o", files / "Y.npy"]  # (no -o at all: a required argument missing)
+    for cmd in (["-m", "batchmv.tools.apply"], ["-m", "batchmv", "apply"]):
+        r = subprocess.run([sys.executable, *cmd, files / "A.npy", files / "X.npy", *out, *extra],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert r.returncode == 2 and one_error_line(r.stderr), r.stderr
+    assert sorted(os.listdir(files)) == ["A.npy", "X.npy"]

@@ -60,7 +60,15 @@ def parse_size(text: str) -> int:
     return int(size)
 
 
+def _one_line_error(message: str) -> None:
+    """argparse's error, as every other bad input: one line and exit status 2 (argparse
+    itself prints the whole usage first)."""
+    say(f"error: {message} (see --help)")
+    sys.exit(EXIT_BAD_INPUT)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.error = _one_line_error  # type: ignore[method-assign]  # (also as a subcommand of `batchmv`)
     parser.add_argument("matrix", metavar="MATRIX.npy", help="the shared matrix A, shape (m, n)")
     parser.add_argument("vectors", metavar="VECTORS.npy", help="the vectors: any shape with n along --axis")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="the result, a standard .npy file")
