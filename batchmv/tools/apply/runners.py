@@ -59,7 +59,7 @@ def run_local(job: Job, output: Output, pending: Iterable[int], bar: Any, x_full
         batchmv.matvec(job.a, x_full, axis=1, out=y_full, backend=job.engine)
         # the digests in two more threads while this one writes and syncs (all only read the
         # buffers; hashlib and the system calls release the GIL, and fdatasync mostly waits)
-        x_digest, y_digest = Background(lambda: digest(xb)), Background(lambda: digest(yb))
+        x_digest, y_digest = Background(lambda xb=xb: digest(xb)), Background(lambda yb=yb: digest(yb))
         try:
             transfer_block(output.fd, len(job.header), job.y_shape3, loc, yb, write=True)
             os.fdatasync(output.fd)
