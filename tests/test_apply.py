@@ -144,7 +144,7 @@ def _bad_inputs(d: Path) -> dict:
     return {
         "missing-matrix": ("nope.npy", "X.npy", [], "no such file"),
         "missing-vectors": ("A.npy", "nope.npy", [], "no such file"),
-        "unreadable": ("A.npy", "dir.npy", [], "cannot read it"),
+        "unreadable": ("A.npy", "dir.npy", [], "it is a directory"),
         "not-npy": ("text.npy", "X.npy", [], "not a .npy file"),
         "empty-file": ("A.npy", "empty.npy", [], "not a .npy file"),
         "truncated": ("A.npy", "Xtrunc.npy", [], "truncated"),
@@ -266,13 +266,20 @@ def test_file_size_limit_keeps_partial_work_then_resume(small):
     r = run(*base, "--resume", "--memory-budget", "512K")  # other options: other blocks
     assert r.returncode == 2 and "does not match" in r.stderr and "block_vectors" in r.stderr, r.stderr
 
-    st = os.stat(tmp_path / "X.npy")
-    os.utime(tmp_path / "X.npy", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # VECTORS "changed"
+    a_path = tmp_path / "A.npy"
+    st = os.stat(a_path)
+    saved = a_path.read_bytes()
+    with open(a_path, "r+b") as f:  # A changed in place: same size, same mtime
+        f.seek(len(saved) - 4)
+        f.write(np.float32(7).tobytes())
+    os.utime(a_path, ns=(st.st_atime_ns, st.st_mtime_ns))
     r = run(*base, "--resume")
-    assert r.returncode == 2 and "does not match" in r.stderr and "mtime_ns" in r.stderr, r.stderr
+    assert r.returncode == 2 and "does not match" in r.stderr and "matrix.sha256" in r.stderr, r.stderr
     assert not out.exists() and len(leftovers(out)) == 2
-    os.utime(tmp_path / "X.npy", ns=(st.st_atime_ns, st.st_mtime_ns))
+    a_path.write_bytes(saved)
 
+    st = os.stat(tmp_path / "X.npy")  # a new mtime alone is no change: the content decides
+    os.utime(tmp_path / "X.npy", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     with open(journal, "ab") as f:  # a run killed while appending a line
         f.write(b'{"block":12')
     r = run(*base, "--resume")
@@ -389,7 +396,7 @@ def test_parse_size():
     assert command.parse_size("32M") == command.parse_size("32MiB") == command.parse_size("32mb") == 32 * 2**20
     assert command.parse_size("1.5G") == 3 * 2**29
     assert command.parse_size("100") == command.parse_size("100B") == 100
-    for bad in ("", "M", "-1M", "1X", "0"):
+    for bad in ("", "M", "-1M", "1X", "0", "1" * 401):
         with pytest.raises(Exception):
             command.parse_size(bad)
 

@@ -1,10 +1,12 @@
 """``batchmv apply MATRIX.npy VECTORS.npy -o OUT.npy``: ``matvec`` on .npy files of any size.
 
 The arguments, the exit status and the run in order: check everything and decide the
-blocks (:mod:`.job`), open ``OUT.partial`` and its journal (:mod:`.journal`), run the
-pending blocks (:mod:`.runners`), rename the result onto OUT.
+blocks (:mod:`.job`), reach the Dask scheduler if asked, take the OUT lock
+(:mod:`.files`), then the first file is made: open ``OUT.partial`` and its journal
+(:mod:`.output`), run the pending blocks (:mod:`.runners`), rename the result onto OUT.
 
-Exit status: 0 done; 2 bad input (one line on stderr, nothing written); 1 the run failed
+Exit status: 0 done; 2 bad input (one line on stderr, nothing written: every check that can
+fail comes before the first file); 1 the run failed
 (disk full, I/O error: the finished blocks are kept for ``--resume``); 130 interrupted.
 
 Importing this module imports no array library.
@@ -18,12 +20,14 @@ import math
 import os
 import re
 import sys
+from decimal import Decimal
 from typing import Any
 
 from .errors import BadInput, RunFailed, say
-from .job import Job, prepare
-from .journal import Output, finish, open_output
-from .runners import run_local, run_on_dask
+from .files import OutLock
+from .job import Job, make_job
+from .output import Output, finish, open_output
+from .runners import block_buffers, connect, run_local, run_on_dask
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEFAULT_BUDGET = 256 * 2**20
@@ -31,30 +35,47 @@ DEFAULT_BUDGET = 256 * 2**20
 _FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
+MAX_BUDGET = 2**63 - 1  #: bytes: the largest size a file offset or an allocation can have
+
+
 def parse_size(text: str) -> int:
     """A memory size: bytes, or a number with K, M, G or T (powers of 1024; "MB", "MiB" alike).
+    ValueError, saying why, for anything else (decimal arithmetic: no float to overflow).
 
     >>> parse_size("32M"), parse_size("1.5GiB"), parse_size("4096")
     (33554432, 1610612736, 4096)
     """
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(?:([kKmMgGtT])(?:i?[bB])?|[bB])?\s*", text)
+    match = re.fullmatch(r"\s*(\d+)(\.\d*)?\s*(?:([kKmMgGtT])(?:i?[bB])?|[bB])?\s*", text)
+    shown = text.strip() if len(text.strip()) <= 40 else text.strip()[:37] + "..."
     if not match:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use bytes or a number with K, M, G or T, e.g. 512M")
-    scale = 1024 ** ("kmgt".index(match.group(2).lower()) + 1) if match.group(2) else 1
-    size = int(float(match.group(1)) * scale)
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"the memory budget must be positive, got {text!r}")
-    return size
+        raise ValueError(f"invalid --memory-budget {shown!r}: use bytes or a number with K, M, G or T, e.g. 512M")
+    whole, fraction, unit = match.groups()
+    scale = 1024 ** ("kmgt".index(unit.lower()) + 1) if unit else 1
+    # (more than 19 digits is more than MAX_BUDGET: no need to convert, or to print, them)
+    size = Decimal(whole + (fraction or "")) * scale if len(whole.lstrip("0")) <= 19 else Decimal(MAX_BUDGET) + 1
+    if size > MAX_BUDGET:
+        raise ValueError(f"--memory-budget {shown} is larger than any memory (at most {MAX_BUDGET:,} bytes)")
+    if int(size) <= 0:
+        raise ValueError(f"the memory budget must be positive, got {shown!r}")
+    return int(size)
+
+
+def _one_line_error(message: str) -> None:
+    """argparse's error, as every other bad input: one line and exit status 2 (argparse
+    itself prints the whole usage first)."""
+    say(f"error: {message} (see --help)")
+    sys.exit(EXIT_BAD_INPUT)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.error = _one_line_error  # type: ignore[method-assign]  # (also as a subcommand of `batchmv`)
     parser.add_argument("matrix", metavar="MATRIX.npy", help="the shared matrix A, shape (m, n)")
     parser.add_argument("vectors", metavar="VECTORS.npy", help="the vectors: any shape with n along --axis")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="the result, a standard .npy file")
     parser.add_argument("--axis", type=int, default=-1, help="the axis of VECTORS that holds the vectors (default -1)")
     parser.add_argument("--backend", help="engine: auto, numpy, torch, jax, cupy (default: BATCHMV_BACKEND, else auto)")
     parser.add_argument(
-        "--memory-budget", type=parse_size, default=DEFAULT_BUDGET, metavar="SIZE",
+        "--memory-budget", default=DEFAULT_BUDGET, metavar="SIZE",  # checked by _run: one line, exit 2
         help="memory for blocks: VECTORS, results, the engine's working copy; A not included (default 256M; K, M, G, T)",
     )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from OUT.journal")
@@ -121,20 +142,39 @@ def _progress(job: Job, done_vectors: int, quiet: bool) -> Any:
 
 
 def _run(args: argparse.Namespace) -> None:
-    job = prepare(args)
-    _warn_space(job)
     try:
-        output = open_output(job, args)
+        budget = parse_size(args.memory_budget) if isinstance(args.memory_budget, str) else int(args.memory_budget)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    job = make_job(args, budget)
+    try:
+        client = connect(args.scheduler) if args.scheduler is not None else None
+        try:
+            _warn_space(job)
+            with OutLock(job.out, (job.matrix, job.vectors)):
+                _run_locked(job, args, client)
+        finally:
+            if client is not None:
+                client.close()
+    finally:
+        job.close()
+
+
+def _run_locked(job: Job, args: argparse.Namespace, client: Any) -> None:
+    x_full, y_full = block_buffers(job)
+    try:
+        output = open_output(job, args, x_full, y_full)
     except OSError as err:
         raise _failure(err, job, None) from None
-    pending = [k for k in range(job.blocks) if k not in output.done]
+    # lazily: a job can have very many blocks
+    pending = (k for k in range(job.blocks) if k not in output.done)
     bar = _progress(job, sum(job.vectors_in(k) for k in output.done), args.quiet)
     try:
-        if args.scheduler:
-            run_on_dask(job, output, pending, args.scheduler, bar)
+        if client is not None:
+            run_on_dask(job, output, pending, client, bar)
         else:
-            run_local(job, output, pending, bar)
-        finish(job, output)
+            run_local(job, output, pending, bar, x_full, y_full)
+        finish(job, output, args.force)
     except OSError as err:
         raise _failure(err, job, output) from None
     finally:

@@ -1,61 +1,62 @@
-"""Loss-free output: ``OUT.partial``, its journal, ``--resume``, and the rename onto OUT.
+"""``OUT.journal``: JSON lines, each fsynced.  The first holds the fingerprint of the inputs
+and options; then one line per finished block, written only after the block's data is on
+disk, with the digests of its input and its result (:mod:`.content`).
 
-The result is built in ``OUT.partial`` next to OUT, with a journal ``OUT.journal`` (JSON
-lines, fsynced) that starts with a fingerprint of the inputs and options and gets one line
-per finished block, written only after the block's data is on disk.  ``OUT.partial`` is
-renamed onto OUT (``os.replace``) only when complete, so a run killed at any moment leaves
-OUT untouched or absent; ``--resume`` continues from the journal and produces the same
-bytes as an uninterrupted run (same blocks, same kernels).
+Reading is strict, since a journal is a file anyone can edit: lines are read one at a time
+and bounded, NaN and infinities are refused, and a block line must name a block of this
+job at its place with two digests; anything else makes the journal damaged (BadInput).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .blockio import write_exact
-from .errors import BadInput, say
+from .errors import BadInput
+from .files import create_new, open_checked
 
 if TYPE_CHECKING:
     from .job import Job
 
-JOURNAL_FORMAT = "batchmv-apply-journal/1"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+JOURNAL_FORMAT = "batchmv-apply-journal/2"
+_OURS = "batchmv-apply-journal/"  #: any version of apply's journal
+#: how a journal's first line starts (keys sorted): a file holding only a prefix of this is a
+#: journal whose run was killed while writing it
+_START = b'{"fingerprint":'
+MAX_LINE = 1 << 20  #: bytes; a fingerprint line is a few KB, a block line about 200 bytes
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 class Journal:
-    """``OUT.journal``: the fingerprint, then one JSON line per finished block, each fsynced."""
+    """The journal being written: create it (a fresh run) or continue it (``--resume``)."""
 
     def __init__(self, path: str):
         self.path = path
         self.fd = -1
+        self.stat: os.stat_result | None = None  #: of the file written: only that one is ever removed
 
     def create(self, fingerprint: dict) -> None:
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+        self.fd = create_new(self.path, os.O_WRONLY | os.O_APPEND)
+        self.stat = os.fstat(self.fd)
         self._append({"journal": JOURNAL_FORMAT, "fingerprint": fingerprint})
 
-    def reopen(self, length: int) -> None:
-        """Continue the journal after its last complete line (a torn one is cut off)."""
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+    def reopen(self, length: int, expected: os.stat_result) -> None:
+        """Continue after its last complete line (a torn one is cut off)."""
+        self.fd = open_checked(self.path, os.O_WRONLY | os.O_APPEND, expected)
+        self.stat = expected
         os.ftruncate(self.fd, length)
         os.fsync(self.fd)
 
-    def block_done(self, k: int, loc: tuple[int, int, int, int]) -> None:
-        self._append({"block": k, "outer": loc[:2], "inner": loc[2:]})
+    def block_done(self, k: int, loc: tuple[int, int, int, int], digests: tuple[str, str]) -> None:
+        self._append({"block": k, "outer": list(loc[:2]), "inner": list(loc[2:]), "x": digests[0], "y": digests[1]})
 
     def _append(self, record: dict) -> None:
-        line = (json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode()
-        _write_exact_append(self.fd, line)
+        data = memoryview((json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n").encode())
+        while data:
+            data = data[os.write(self.fd, data) :]
         os.fsync(self.fd)
 
     def close(self) -> None:
@@ -64,124 +65,70 @@ class Journal:
             self.fd = -1
 
 
-def _write_exact_append(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def read_journal(path: str) -> tuple[dict | None, set[int], int]:
-    """(fingerprint, finished blocks, length of the complete lines).  A torn last line (a run
-    killed while appending) is ignored; a journal without a complete first line is treated
-    as absent (fingerprint None)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    complete = data[: data.rfind(b"\n") + 1]  # everything up to the last newline
-    records = []
-    for number, raw in enumerate(complete.splitlines(), 1):
-        try:
-            records.append(json.loads(raw))
-        except ValueError:
-            raise BadInput(f"journal {path} is damaged (line {number}); use --force to start over") from None
-    if not records or not isinstance(records[0], dict) or records[0].get("journal") != JOURNAL_FORMAT:
-        return None, set(), 0
-    try:
-        done = {int(r["block"]) for r in records[1:]}
-    except (KeyError, TypeError, ValueError):
-        raise BadInput(f"journal {path} is damaged; use --force to start over") from None
-    return records[0].get("fingerprint"), done, len(complete)
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in sorted(set(old) | set(new)):
-            found += _differences(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else key)
-        return found
-    return [] if old == new else [f"{prefix} was {old!r}, now {new!r}"]
-
-
 @dataclass
-class Output:
-    partial: str
-    journal: Journal
-    fd: int
-    done: set[int]
+class Recorded:
+    """What an existing journal says."""
+
+    version: str | None  #: its format; None: a journal killed while its first line was written
+    fingerprint: dict | None = None
+    done: dict[int, tuple[str, str]] = field(default_factory=dict)  #: block: (VECTORS, OUT) digests
+    length: int = 0  #: bytes of complete lines
+    damage: str = ""  #: why its block lines cannot be used ("" if they can)
 
 
-def open_output(job: Job, args: argparse.Namespace) -> Output:
-    """Create ``OUT.partial`` and its journal, or reopen them with --resume.  An unfinished
-    run is never discarded without --force."""
-    partial, journal_path = job.out + ".partial", job.out + ".journal"
-    journal = Journal(journal_path)
-    if os.path.exists(journal_path):
-        try:
-            fingerprint, done, length = read_journal(journal_path)
-        except BadInput:
-            if not args.force:
-                raise
-            fingerprint, done, length = None, set(), 0
-        if fingerprint is not None and args.resume:
-            resumed, problem = _reopen(job, journal, partial, fingerprint, done, length)
-            if resumed is not None:
-                return resumed
-            if not args.force:
-                raise BadInput(f"{problem}; rerun with the same inputs and options, or use --force to start over")
-            say(f"note: {problem}; starting over (--force)")
-        elif fingerprint is not None and not args.force:
-            raise BadInput(
-                f"an unfinished run of this output exists ({journal_path}); add --resume to continue it "
-                "or --force to start over"
-            )
-    # a fresh start: the partial file first (header fsynced), then the journal
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not a number a journal holds")
+
+
+def _loads(raw: bytes) -> object:
     try:
-        write_exact(fd, job.header, 0)
-        os.fsync(fd)
-        journal.create(job.fingerprint)
-        _fsync_dir(os.path.dirname(job.out))
-    except BaseException:
-        os.close(fd)
-        journal.close()
-        raise
-    return Output(partial, journal, fd, set())
+        return json.loads(raw, parse_constant=_no_constants)
+    except (ValueError, RecursionError, UnicodeDecodeError):  # (JSONDecodeError is a ValueError)
+        return None
 
 
-def _reopen(job: Job, journal: Journal, partial: str, fingerprint: dict, done: set[int], length: int
-            ) -> tuple[Output | None, str]:  # fmt: skip
-    """The unfinished run, reopened, or None and why it cannot be continued."""
-    diff = _differences(fingerprint, job.fingerprint)
-    if diff:
-        return None, f"journal {journal.path} does not match its inputs and options ({'; '.join(diff[:3])})"
-    try:
-        fd = os.open(partial, os.O_RDWR)
-    except FileNotFoundError:
-        return None, f"journal {journal.path} exists but {partial} is gone"
-    with os.fdopen(os.dup(fd), "rb") as f:
-        head = f.read(len(job.header))
-    needed = max((_block_end(job, k) for k in done), default=len(job.header))
-    if head != job.header or os.fstat(fd).st_size < needed:
-        os.close(fd)
-        return None, f"{partial} does not hold what journal {journal.path} says"
-    journal.reopen(length)
-    return Output(partial, journal, fd, done & set(range(job.blocks))), ""
+def read_journal(path: str, expected: os.stat_result, job: Job) -> Recorded | None:
+    """What the journal ``path`` (as ``lstat`` saw it) records, or None if it is not a batchmv
+    apply journal at all (then it is not apply's to touch)."""
+    fd = open_checked(path, os.O_RDONLY, expected)
+    with os.fdopen(fd, "rb") as f:
+        first = f.readline(MAX_LINE)
+        if not first.endswith(b"\n"):  # no complete line: killed while writing the first one?
+            torn = first == _START[: len(first)] or (first.startswith(_START) and len(first) < MAX_LINE)
+            return Recorded(None) if torn else None
+        head = _loads(first)
+        if not isinstance(head, dict) or not isinstance(head.get("journal"), str) or not head["journal"].startswith(_OURS):
+            return None
+        recorded = Recorded(head["journal"], head.get("fingerprint"), length=len(first))
+        if recorded.version != JOURNAL_FORMAT or not isinstance(recorded.fingerprint, dict):
+            return recorded
+        number = 1
+        while line := f.readline(MAX_LINE):
+            number += 1
+            if not line.endswith(b"\n"):
+                if len(line) >= MAX_LINE:
+                    recorded.damage = f"line {number} is too long"
+                break  # a torn last line: the run was killed while appending it
+            block = _block(_loads(line), job)
+            if block is None:
+                recorded.damage = f"line {number} is not a finished block of this job"
+                break
+            recorded.done[block[0]] = block[1]
+            recorded.length += len(line)
+    return recorded
 
 
-def _block_end(job: Job, k: int) -> int:
-    """The byte after block k's last byte in OUT (its data is at or before this)."""
-    o0, o1, i0, i1 = job.location(k)
-    _, m, inner = job.y_shape3
-    last = ((o1 - 1) * m + (m - 1)) * inner + i1 if m else 0
-    return len(job.header) + last * job.result_dtype.itemsize
-
-
-def finish(job: Job, output: Output) -> None:
-    """All blocks are on disk: OUT.partial becomes OUT atomically, then the journal goes."""
-    os.fsync(output.fd)
-    os.close(output.fd)
-    output.fd = -1
-    os.replace(output.partial, job.out)
-    _fsync_dir(os.path.dirname(job.out))
-    output.journal.close()
-    os.unlink(output.journal.path)
-    _fsync_dir(os.path.dirname(job.out))
+def _block(record: object, job: Job) -> tuple[int, tuple[str, str]] | None:
+    """(block, digests) of a valid block line, else None."""
+    if not isinstance(record, dict) or set(record) != {"block", "outer", "inner", "x", "y"}:
+        return None
+    k = record["block"]
+    if type(k) is not int or not 0 <= k < job.blocks:
+        return None
+    loc = job.location(k)
+    if record["outer"] != list(loc[:2]) or record["inner"] != list(loc[2:]):
+        return None
+    x, y = record["x"], record["y"]
+    if not (isinstance(x, str) and isinstance(y, str) and _DIGEST.fullmatch(x) and _DIGEST.fullmatch(y)):
+        return None
+    return k, (x, y)
