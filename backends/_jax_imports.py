@@ -125,7 +125,8 @@ def from_numpy(arr: np.ndarray, allow_copy: bool, any_order: bool = False) -> tu
                 imported = jax.dlpack.from_dlpack(arr, copy=False)
             else:  # numpy exports read-only arrays only to DLPack >= 1.0 consumers
                 on_default = jax.default_backend() == "cpu"  # then stay uncommitted
-                imported = jax.device_put(arr, None if on_default else jax.local_devices(backend="cpu")[0])
+                with jax.ensure_compile_time_eval():  # a concrete array, also inside jax.jit
+                    imported = jax.device_put(arr, None if on_default else jax.local_devices(backend="cpu")[0])
         except (BufferError, ValueError, RuntimeError, TypeError) as err:
             problem = f"a failed DLPack import ({err})"
         else:

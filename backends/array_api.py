@@ -95,6 +95,15 @@ class ArrayApiEngine(Engine):
         return key
 
     # -- crossing libraries -----------------------------------------------------------------
+    def export_refusal(self, a: Any) -> Optional[str]:
+        """Arrays off the library's default device stay with its own engine: DLPack may not
+        tell another library where they live, and the result would come back elsewhere."""
+        info = getattr(self.namespace(a), "__array_namespace_info__", None)
+        default = info().default_device() if info is not None else a.device
+        if a.device != default:
+            return f"it is on {a.device}, not {self.name}'s default device {default}; only its own engine keeps it there"
+        return None
+
     def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[Any, Optional[str]]:
         """Another library's array in this namespace: ``from_dlpack(copy=False)`` shares it or
         refuses; then, when copies are allowed, ``from_dlpack(copy=True)`` (reported)."""

@@ -92,6 +92,12 @@ class TorchEngine(StridedEngine):
             return False
         return any(_is_wrapped(a) for a in arrays)
 
+    def compiling(self) -> bool:
+        return torch.compiler.is_compiling()
+
+    def run_eagerly(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return torch.compiler.disable(fn, recursive=True)(*args, **kwargs)
+
     def signature(self, a: torch.Tensor, x: torch.Tensor) -> Optional[tuple]:
         if torch.compiler.is_compiling() or _is_wrapped(a) or _is_wrapped(x):
             return None

@@ -53,6 +53,9 @@ def matvec(
     adapter = _registry.adapter_for(type(A), type(x))
     if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
         return adapter.matvec(A, x, axis=axis, out=out, backend=backend, copy=copy)
+    tracer = _call.compiling_engine(A, x)
+    if tracer is not None:  # two libraries under a compiler: this call runs eagerly
+        return tracer.run_eagerly(matvec, A, x, axis=axis, out=out, backend=backend, copy=copy)
     call = _call.build(A, x, axis, out, backend, copy, _tune.choose)
     run = _cache.calls.remember(key, call, A, x) if key is not None else None
     return run(A, x) if run is not None else _run.execute(call)

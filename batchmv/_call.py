@@ -113,8 +113,8 @@ def build(
     else:
         home_name, engine_name = _select.home_of(type(a), type(x)), engine
     lib_a = _registry.library_of(a)
-    if lib_a is None or lib_a != _registry.library_of(x):  # compare devices before any import
-        _check_devices(a, x)
+    if lib_a is None or lib_a != _registry.library_of(x):
+        _check_devices(a, x)  # before any import
     home = _registry.get_engine(home_name)
     x_h = to_home(x, "x", home, allow_copy, copies)
     a_h = to_home(a, "A", home, allow_copy, copies)
@@ -201,6 +201,21 @@ def build(
         notes.append(f"x has stride 0 along axes {sched.zero_axes}: each distinct vector is multiplied once, then broadcast")
     refuse_copies(copies, allow_copy)
     return Call(home, engine, a_e, x_e, out, out_e, ax, dtype, y_shape, sched, tracks, tuple(copies), tuple(notes))
+
+
+def compiling_engine(a: Any, x: Any) -> Any:
+    """The engine whose compiler (torch.compile) is tracing a call on A and x of two
+    libraries (or a Python sequence), or None.  A compiler cannot trace another library's
+    arrays, DLPack or numpy.asarray, so such a call runs eagerly (``Engine.run_eagerly``)."""
+    lib_a, lib_x = _registry.library_of(a), _registry.library_of(x)
+    if lib_a == lib_x:
+        return None
+    for lib in (lib_a, lib_x):
+        if lib in _registry.ENGINES:
+            engine = _registry.get_engine(lib)
+            if engine.compiling():
+                return engine
+    return None
 
 
 def _check_devices(a: Any, x: Any) -> None:

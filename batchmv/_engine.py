@@ -79,6 +79,14 @@ class Engine:
         """Whether the arrays are being transformed (vmap), so that strides mean nothing."""
         return False
 
+    def compiling(self) -> bool:
+        """Whether this library's compiler is tracing the current call (torch.compile)."""
+        return False
+
+    def run_eagerly(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, outside this library's compiler (a graph break)."""
+        return fn(*args, **kwargs)
+
     def signature(self, a: Any, x: Any) -> Optional[tuple]:
         """Everything about native arrays ``a`` and ``x`` (and the library's state, such as
         grad mode) that a call's checks and schedule depend on, not their values; None when

@@ -132,3 +132,23 @@ def test_importing_batchmv_imports_no_array_api_library():
         "assert not bad, bad"
     )
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch", "jax", "fastest"])
+def test_arrays_off_the_default_device_stay_with_their_engine(xp, engine, monkeypatch):
+    """Another engine would compute them on the default device (DLPack does not tell array-api-
+    strict's devices apart): named engines refuse with a TypeError; "fastest" keeps its own."""
+    if engine != "fastest":
+        support.need(engine)
+    monkeypatch.setattr(batchmv._tune, "_choices", {})
+    monkeypatch.setattr(batchmv._tune, "_disk_loaded", True)
+    d1 = xp.Device("device1")
+    A, x = (xp.asarray(np.from_dlpack(v), device=d1) for v in _pair(xp))
+    if engine == "fastest":
+        y = batchmv.matvec(A, x, backend="fastest")
+        assert y.device == d1 and batchmv.plan(A, x, backend="fastest").backend == "array_api_strict"
+        return
+    with pytest.raises(TypeError, match="default device"):
+        batchmv.matvec(A, x, backend=engine)
+    A0, x0 = _pair(xp)  # positive control: on the default device the named engine takes them
+    assert batchmv.matvec(A0, x0, backend=engine).device == x0.device

@@ -1,8 +1,7 @@
-"""Reproducers of problems found in the review of the integration branch (review branch).
-
-Each test states what it EXPECTS; they fail on the reviewed snapshot (marked xfail strict,
-so that a fix makes them pass loudly).  Every case runs in a fresh interpreter, because the
-failures involve first calls, tracing and the call cache.
+"""Problems found by a review that tried to break the library as a new user would, kept as
+tests of the kind each belongs to (array-API devices, jax tracing of foreign memory, torch.compile
+across libraries).  Every case runs in a fresh interpreter: they involve first calls, tracing
+and the call cache.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ def _run(code: str) -> subprocess.CompletedProcess:
 #    (numpy A with a device1 x: "batchmv never moves data between devices").
 #    Observed: y.device == CPU_DEVICE, and `y + X1` then raises in array_api_strict.
 #    Expected: y on device1 (like backend=None and prepare), or a TypeError before computing.
-@pytest.mark.xfail(strict=True, reason="review finding 1: named engine moves an array-API result to CPU_DEVICE")
+
 @pytest.mark.parametrize("engine", ["numpy", "torch"])
 def test_array_api_device_kept_with_named_engine(engine):
     pytest.importorskip("array_api_strict")
@@ -54,7 +53,7 @@ def test_array_api_device_kept_with_named_engine(engine):
 #    Observed: jax.errors.ConcretizationTypeError "traced array with shape float32[3,4] ...
 #    unsafe_buffer_pointer() ...".  Expected: the result, as for a writable or misaligned A
 #    (both work under jit), and as eagerly.
-@pytest.mark.xfail(strict=True, reason="review finding 2: jit + read-only aligned numpy A -> ConcretizationTypeError")
+
 def test_jax_jit_with_readonly_aligned_numpy_A(tmp_path):
     pytest.importorskip("jax")
     r = _run(f"""
@@ -77,7 +76,7 @@ def test_jax_jit_with_readonly_aligned_numpy_A(tmp_path):
 #    value of type <enum 'DLDeviceType'>" escapes from the compiled function (with
 #    fullgraph=True: Unsupported "hasattr call" on the numpy array, a RuntimeError).
 #    Expected: the result (as eagerly), or at worst a graph break that runs the call eagerly.
-@pytest.mark.xfail(strict=True, reason="review finding 3: torch.compile with numpy A crashes inside dynamo")
+
 def test_torch_compile_numpy_A_torch_x():
     pytest.importorskip("torch")
     r = _run("""
