@@ -250,8 +250,8 @@ def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 #: Largest value cuBLAS's 32-bit GEMM API takes for a size or a leading dimension.
 CUBLAS_INT_MAX = 2**31 - 1
-#: cuBLAS's operation codes (``cublasOperation_t``).
-CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+#: cuBLAS's operation codes (``cublasOperation_t``): C is the conjugate transpose.
+CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_OP_C = 0, 1, 2
 
 
 class CublasGemm(NamedTuple):
@@ -286,9 +286,10 @@ def _column_major(rows: int, cols: int, row_stride: int | None, col_stride: int 
 
 
 def cublas_args(
-    rows: int, n: int, m: int, x2_strides: Strides, a_t_strides: Strides, y2_strides: Strides
+    rows: int, n: int, m: int, x2_strides: Strides, a_t_strides: Strides, y2_strides: Strides, conj: bool = False
 ) -> CublasGemm:
-    """The column-major GEMM that computes ``Y2 = X2 @ A.T`` in place on the three views.
+    """The column-major GEMM that computes ``Y2 = X2 @ A.T`` in place on the three views
+    (``Y2 = X2 @ conj(A.T)`` with ``conj``).
 
     ``X2`` is (rows, n), ``A.T`` is (n, m), ``Y2`` is (rows, m); strides are in elements.
     cuBLAS sees memory column-major: a row-major (rows, m) ``Y2`` *is* the column-major
@@ -298,6 +299,10 @@ def cublas_args(
     leading dimension shorter than the extent it jumps over) raises ValueError; a size or
     leading dimension beyond cuBLAS's 32-bit arguments raises OverflowError.  Pure
     arithmetic on tuples: importing or calling it needs no GPU library.
+
+    ``conj``: BLAS conjugates an operand only together with transposing it (op C), so
+    ``conj(A.T)`` is read with op C where the memory of ``A.T`` is read with op T;
+    where it would be read with op N, ValueError (:func:`conj_readable` says which).
 
     >>> cublas_args(10, 4, 3, (4, 1), (1, 4), (3, 1))  # C-ordered x, A and y
     CublasGemm(transa=1, transb=0, m=3, n=10, k=4, first='a_t', lda=4, second='x2', ldb=4, ldc=3)
@@ -318,8 +323,28 @@ def cublas_args(
         if lay is None:
             raise ValueError(f"{'X2' if name == 'x2' else 'A.T'} {shape} with strides {strides} is not BLAS-readable")
     assert lay1 is not None and lay2 is not None
-    call = CublasGemm(lay1[0], lay2[0], gm, gn, n, first, lay1[1], second, lay2[1], ldc)
+    ops = [lay1[0], lay2[0]]
+    if conj:
+        which = 0 if first == "a_t" else 1
+        if ops[which] != CUBLAS_OP_T:
+            raise ValueError("A.T is read with op N here, and BLAS conjugates only a transposed operand (op C)")
+        ops[which] = CUBLAS_OP_C
+    call = CublasGemm(ops[0], ops[1], gm, gn, n, first, lay1[1], second, lay2[1], ldc)
     big = [f"{k}={v}" for k, v in call._asdict().items() if isinstance(v, int) and v > CUBLAS_INT_MAX]
     if big:
         raise OverflowError(f"cuBLAS takes 32-bit sizes and leading dimensions; this GEMM needs {', '.join(big)}")
     return call
+
+
+def conj_readable(rows: int, n: int, m: int, x2_strides: Strides, a_t_strides: Strides, y2_strides: Strides) -> bool:
+    """Whether a column-major BLAS (cuBLAS) computes ``Y2 = X2 @ conj(A.T)`` on these
+    views with its conjugate flag, reading A in place (see :func:`cublas_args`).
+
+    >>> conj_readable(10, 4, 3, (4, 1), (1, 4), (3, 1)), conj_readable(10, 4, 3, (4, 1), (3, 1), (3, 1))
+    (True, False)
+    """
+    try:
+        cublas_args(rows, n, m, x2_strides, a_t_strides, y2_strides, conj=True)
+    except (ValueError, OverflowError):
+        return False
+    return True

@@ -3,6 +3,7 @@ schedule, or the engine's expression, and the result handed back to its home lib
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -30,11 +31,11 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     array([[ 3., 12., 21.],
            [ 3., 12., 21.]])
     """
-    eng, sched, axis = call.engine, call.schedule, call.axis
+    eng, sched, axis, op, conj = call.engine, call.schedule, call.axis, call.op, call.conj
     if eng is not call.home or call.out is not None or call.copies:
         return None
     if sched is None:
-        return lambda a, x: eng.expression(a, x, axis)
+        return lambda a, x: eng.expression(a, x, axis, op)
     if sched.loop_shape or sched.zero_axes:
         return None
     perm, view_shape, split_shape = sched.perm, sched.view_shape, sched.split_shape
@@ -42,13 +43,21 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     view_x = tuple(eng.shape(call.x)[i] for i in perm) != view_shape
     view_y = split_shape != (sched.rows, call.y_shape[axis])
     unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute_x else None
-    if not (permute_x or view_x or view_y):
+    operand = op != "N" or conj is not None  # a view of op(A) (torch: without a lazy conjugate bit)
+    if not (permute_x or view_x or view_y or operand):
         return lambda a, x: eng.gemm(x, a)  # x is the GEMM's X2 and its result is y
+    flag, tracked = conj == "flag", call.tracks_graph
 
     def run(a: Any, x: Any) -> Any:
+        if operand:
+            a = eng.operand(a, op)[0]
         if permute_x:
             x = eng.permute(x, perm)
-        y = eng.gemm(eng.view(x, view_shape) if view_x else x, a)
+        x2 = eng.view(x, view_shape) if view_x else x
+        x2 = eng.conj_copy(x2) if conj == "xy" else x2
+        y = eng.gemm(x2, a, conj=True) if flag else eng.gemm(x2, a)
+        if conj == "xy":
+            y = eng.conj_inplace(y, tracked)
         if view_y:
             y = eng.view(y, split_shape)
         return eng.permute(y, unperm) if unperm else y
@@ -61,33 +70,42 @@ def execute(call: Call) -> Any:
     run = runner(call)
     if run is not None:
         return run(call.a, call.x)
-    eng, sched = call.engine, call.schedule
+    eng, sched, conj, tracked = call.engine, call.schedule, call.conj, call.tracks_graph
     if sched is None:
         a, x = call.a, call.x
         a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
-        return _deliver(call, eng.expression(a, x, call.axis))
+        return _deliver(call, eng.expression(a, x, call.axis, call.op))
     a, x = call.a, call.x
+    if call.op != "N" or conj is not None:
+        a = eng.operand(a, call.op)[0]
     if sched.a_copy:
         a = eng.c_order_copy(a, call.dtype)
+        if conj == "copy":
+            a = eng.conj_inplace(a, tracked)
     if sched.zero_axes:
         x = eng.take_first(x, sched.zero_axes)
     if sched.x_copy:
         x = eng.vectors_last_copy(x, call.axis, call.dtype)
     x2 = _reshape(eng, x, sched.perm, sched.view_shape)
+    if conj == "xy":  # conj(A) @ x == conj(A @ conj(x)): conjugate x (its copy in place), later y
+        x2 = eng.conj_inplace(x2, tracked) if sched.x_copy else eng.conj_copy(x2)
     r_shape = (*sched.loop_shape, sched.rows, call.y_shape[call.axis])
     direct = call.out_e is not None and sched.out_direct
     r2 = _reshape(eng, call.out_e, sched.perm, r_shape) if direct else None
     if r2 is None and eng is not call.home:  # a result another library adopts
         r2 = eng.empty(r_shape, call.dtype, x)
+    gemm = functools.partial(eng.gemm, conj=True) if conj == "flag" else eng.gemm
     if not sched.loop_shape:
-        r2 = eng.gemm(x2, a, r2)
-    elif call.tracks_graph:
-        r2 = eng.stack([eng.gemm(x2[i], a) for i in itertools.product(*map(range, sched.loop_shape))], r_shape)
+        r2 = gemm(x2, a, r2)
+    elif tracked:
+        r2 = eng.stack([gemm(x2[i], a) for i in itertools.product(*map(range, sched.loop_shape))], r_shape)
     else:
         if r2 is None:
             r2 = eng.empty(r_shape, call.dtype, x)
         for i in itertools.product(*map(range, sched.loop_shape)):
-            eng.gemm(x2[i], a, r2[i])
+            gemm(x2[i], a, r2[i])
+    if conj == "xy":
+        r2 = eng.conj_inplace(r2, tracked)
     if direct:
         return call.out
     y = eng.view(r2, sched.split_shape) if sched.split_shape != r_shape else r2

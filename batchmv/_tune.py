@@ -54,7 +54,7 @@ def _machine() -> dict[str, Any]:
     return {"node": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(), "versions": versions}
 
 
-def kind_of(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> str:
+def kind_of(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N") -> str:
     """The cache key of a call: what decides which engine is fastest, not the values."""
     a_strides, x_strides = home.strides(a), home.strides(x)
     m, n = home.shape(a)
@@ -62,7 +62,8 @@ def kind_of(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> str:
     x_layout = "vectors-contiguous" if x_strides[axis] == 1 else "batch-contiguous"
     batch = math.prod(s for i, s in enumerate(home.shape(x)) if i != axis)
     bucket = tuple(max(0, math.ceil(math.log2(max(v, 1)))) for v in (m, n, batch))
-    return f"{home.name}|{home.device(x)}|{dtype}|A:{a_layout}|x:{x_layout}|m,n,b~2^{bucket}"
+    kind = f"{home.name}|{home.device(x)}|{dtype}|A:{a_layout}|x:{x_layout}|m,n,b~2^{bucket}"
+    return kind if op == "N" else f"{kind}|op:{op}"
 
 
 def _load_disk() -> None:
@@ -120,14 +121,14 @@ def home_work(home: Any, x: Any) -> Any:
     return lambda: _timing.wait(home.expression(w, w, 1))
 
 
-def _candidates(home: Any, a: Any, x: Any, axis: int) -> tuple[dict[str, Any], dict[str, str]]:
+def _candidates(home: Any, a: Any, x: Any, axis: int, op: str) -> tuple[dict[str, Any], dict[str, str]]:
     """The calls of every available engine that takes this call without a copy and keeps
     its meaning, checked (nothing computed), and the engines refused, with the reason."""
     calls: dict[str, Any] = {}
     refused: dict[str, str] = {}
     for name in _registry.available_backends():
         try:
-            calls[name] = _call.build(a, x, axis, None, name, False)
+            calls[name] = _call.build(a, x, axis, None, name, False, op=op)
         except (CopyRequiredError, TypeError, ValueError, ImportError, RuntimeError, BufferError) as err:
             refused[name] = type(err).__name__
     return calls, refused
@@ -140,14 +141,14 @@ def _known(key: str) -> dict[str, Any] | None:
         return _choices.get(key)
 
 
-def recall(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
+def recall(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N") -> tuple[str, str]:
     """(engine name, why) as :func:`choose` decided for this kind of call, without timing
     anything: the home library's engine, and the candidates, while no decision exists."""
-    key = kind_of(home, a, x, axis, dtype)
+    key = kind_of(home, a, x, axis, dtype, op)
     known = _known(key)
     if known is not None:
         return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
-    calls, refused = _candidates(home, a, x, axis)
+    calls, refused = _candidates(home, a, x, axis, op)
     skipped = f"; not eligible: {refused}" if refused else ""
     return home.name, (
         f"fastest: not measured yet for {key}; the first matvec of this kind times {', '.join(calls) or 'no engine'}"
@@ -155,14 +156,14 @@ def recall(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
     )
 
 
-def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any) -> tuple[str, str]:
+def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N") -> tuple[str, str]:
     """(engine name, why) for a call whose inputs ``a``, ``x`` belong to ``home``: measured
     once per kind of call, then remembered."""
-    key = kind_of(home, a, x, axis, dtype)
+    key = kind_of(home, a, x, axis, dtype, op)
     known = _known(key)
     if known is not None:
         return known["engine"], f"fastest: {known['engine']} (cached choice for {key}; measured {_show(known['times'])})"
-    calls, refused = _candidates(home, a, x, axis)
+    calls, refused = _candidates(home, a, x, axis, op)
     work = home_work(home, x) if len(calls) > 1 else None
     work_alone = _timing.median_seconds(work) if work is not None else 0.0
     times: dict[str, float] = {}
