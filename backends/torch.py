@@ -254,8 +254,9 @@ class TorchEngine(StridedEngine):
     def expression(self, a: torch.Tensor, x: torch.Tensor, axis: int, op: str = "N") -> torch.Tensor:
         conj = op in ("H", "C") and a.is_complex()  # conj(A) @ x == conj(A @ conj(x)): A stays as it is
         v = x.movedim(axis, -1)
-        y = torch.matmul(torch.conj_physical(v) if conj else v, a if op in ("T", "H") else a.mT)
-        return (torch.conj_physical(y) if conj else y).movedim(-1, axis)
+        y = torch.matmul(v.conj() if conj else v, a if op in ("T", "H") else a.mT)
+        # (lazy conjugates: transforms batch them, unlike conj_physical)
+        return (y.conj().resolve_conj() if conj else y).movedim(-1, axis)
 
 
 def _check_cuda_dtype(dtype: torch.dtype) -> None:

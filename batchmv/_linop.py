@@ -101,14 +101,27 @@ class LinearOperatorMixin:
     def aslinearoperator(self) -> Any:
         """This operator as a ``scipy.sparse.linalg.LinearOperator`` with all four products
         (``scipy.sparse.linalg.aslinearoperator(op)`` takes ``matvec``, ``rmatvec`` and
-        ``rmatmat`` but not ``matmat``, which it then computes one column at a time).
-        Imports SciPy (ImportError when it is not installed)."""
+        ``rmatmat`` but not ``matmat``, which it then computes one column at a time) and
+        numpy's name of the dtype (SciPy refuses ``torch.float64``: a torch operator goes
+        to SciPy's solvers this way, computing on their numpy vectors in place).  Imports
+        SciPy (ImportError when it is not installed)."""
         from scipy.sparse.linalg import LinearOperator
 
         return LinearOperator(
             self.shape, matvec=self.matvec, rmatvec=self.rmatvec, matmat=self.matmat, rmatmat=self.rmatmat,
-            dtype=self.dtype,
+            dtype=_numpy_dtype(self.dtype),
         )  # fmt: skip
+
+
+def _numpy_dtype(dtype: Any) -> Any:
+    """numpy's dtype of the same name (SciPy's LinearOperator takes numpy dtypes only;
+    ``torch.float32`` is ``float32``)."""
+    import numpy as np
+
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        return np.dtype(str(dtype).removeprefix("torch."))
 
 
 def register_with_jax(cls: type) -> None:
