@@ -285,6 +285,14 @@ def _column_major(rows: int, cols: int, row_stride: int | None, col_stride: int 
     return None
 
 
+def _transposed_ld(rows: int, cols: int, row_stride: int | None, col_stride: int | None) -> int | None:
+    """The leading dimension under which cuBLAS reads a (rows, cols) view with op T (its
+    transpose (cols, rows) column-major), or None."""
+    if (cols <= 1 or col_stride == 1) and (rows <= 1 or (row_stride is not None and row_stride >= max(1, cols))):
+        return max(1, cols) if rows <= 1 else row_stride
+    return None
+
+
 def cublas_args(
     rows: int, n: int, m: int, x2_strides: Strides, a_t_strides: Strides, y2_strides: Strides, conj: bool = False
 ) -> CublasGemm:
@@ -323,13 +331,17 @@ def cublas_args(
         if lay is None:
             raise ValueError(f"{'X2' if name == 'x2' else 'A.T'} {shape} with strides {strides} is not BLAS-readable")
     assert lay1 is not None and lay2 is not None
-    ops = [lay1[0], lay2[0]]
+    ops, lds = [lay1[0], lay2[0]], [lay1[1], lay2[1]]
     if conj:
         which = 0 if first == "a_t" else 1
-        if ops[which] != CUBLAS_OP_T:
-            raise ValueError("A.T is read with op N here, and BLAS conjugates only a transposed operand (op C)")
+        if ops[which] == CUBLAS_OP_N:  # a row or column of A reads either way: try op T
+            r, c, rs, cs = shapes[which][1:]
+            ld = _transposed_ld(r, c, rs, cs)
+            if ld is None:
+                raise ValueError("A.T is read with op N here, and BLAS conjugates only a transposed operand (op C)")
+            lds[which] = ld
         ops[which] = CUBLAS_OP_C
-    call = CublasGemm(ops[0], ops[1], gm, gn, n, first, lay1[1], second, lay2[1], ldc)
+    call = CublasGemm(ops[0], ops[1], gm, gn, n, first, lds[0], second, lds[1], ldc)
     big = [f"{k}={v}" for k, v in call._asdict().items() if isinstance(v, int) and v > CUBLAS_INT_MAX]
     if big:
         raise OverflowError(f"cuBLAS takes 32-bit sizes and leading dimensions; this GEMM needs {', '.join(big)}")
