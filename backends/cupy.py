@@ -197,10 +197,12 @@ class CupyEngine(StridedEngine):
         with y.device:
             return cupy.conjugate(y, out=y)
 
-    def gemm(self, x2: cupy.ndarray, a: cupy.ndarray, out: cupy.ndarray | None = None, conj: bool = False) -> cupy.ndarray:
-        """``out = x2 @ a.T`` (``x2 @ conj(a.T)`` with ``conj``: cuBLAS's op C) on the views
-        as they are, on the current stream."""
-        a_t = a.T
+    def gemm(
+        self, x2: cupy.ndarray, a: cupy.ndarray, out: cupy.ndarray | None = None, conj: bool = False, trans: bool = True
+    ) -> cupy.ndarray:
+        """``out = x2 @ a.T`` (``x2 @ a`` without ``trans``; the second operand conjugated
+        with ``conj``: cuBLAS's op C) on the views as they are, on the current stream."""
+        a_t = a.T if trans else a
         rows, n = x2.shape
         m = a_t.shape[1]
         dtype = x2.dtype

@@ -113,10 +113,13 @@ class NumpyEngine(StridedEngine):
         # another library adopts these (numpy computing for jax), and JAX wraps only aligned memory
         return aligned_empty(shape, dtype)
 
-    def gemm(self, x2: np.ndarray, a: np.ndarray, out: np.ndarray | None = None, conj: bool = False) -> np.ndarray:
+    def gemm(
+        self, x2: np.ndarray, a: np.ndarray, out: np.ndarray | None = None, conj: bool = False, trans: bool = True
+    ) -> np.ndarray:
         if conj:  # (conj_flag is False: numpy's matmul has no conjugate flag)
             raise NotImplementedError("numpy's matmul cannot conjugate an operand")
-        return _matmul(x2, a.T) if out is None else _matmul(x2, a.T, out=out)
+        b = a.T if trans else a
+        return _matmul(x2, b) if out is None else _matmul(x2, b, out=out)
 
     def conj_copy(self, x2: np.ndarray) -> np.ndarray:
         return np.conjugate(x2, out=np.empty(x2.shape, x2.dtype))

@@ -111,14 +111,12 @@ class TorchEngine(StridedEngine):
     def is_complex(self, a: torch.Tensor) -> bool:
         return a.is_complex()
 
-    def operand(self, a: torch.Tensor, op: str) -> tuple[torch.Tensor, bool]:
-        """op(A) as a view and whether to conjugate it; a lazy conjugate bit of A (``A.conj()``,
-        ``A.mH``) becomes part of that flag, on a view of A's memory without the bit, so it
-        is never resolved into a copy of A."""
-        conj = op in ("H", "C") and a.is_complex()
-        if not torch.compiler.is_compiling() and a.is_conj():  # (the compiler resolves bits in the graph)
-            a, conj = a.conj(), not conj  # conj() of a conjugate view: the same memory, bit cleared
-        return (a.t() if op in ("T", "H") else a), conj
+    def plain(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """A lazy conjugate bit of A (``A.conj()``, ``A.mH``) becomes the GEMM's conjugate
+        flag, on a view of A's memory without the bit: it is never resolved into a copy of A."""
+        if a.is_conj() and not torch.compiler.is_compiling():  # (the compiler resolves bits in the graph)
+            return a.conj(), True  # conj() of a conjugate view: the same memory, bit cleared
+        return a, False
 
     def conj_flag(self, rows: int, x2_strides: tuple, a: torch.Tensor, y2_strides: tuple) -> bool:
         """Whether ``torch.mm(x2, a.t().conj())`` keeps the conjugate bit of its second
@@ -225,16 +223,22 @@ class TorchEngine(StridedEngine):
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device=like.device)
 
-    def gemm(self, x2: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None, conj: bool = False) -> torch.Tensor:
+    def gemm(
+        self, x2: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None, conj: bool = False, trans: bool = True
+    ) -> torch.Tensor:
         if x2.is_cuda:  # (another library's CUDA arrays, computed by torch)
             _check_cuda_dtype(x2.dtype)
-        if conj:  # a lazy conjugate view: torch.mm hands its bit to BLAS (conj_flag said so)
-            return torch.mm(x2, a.t().conj()) if out is None else torch.mm(x2, a.t().conj(), out=out)
+        if conj or not trans:  # (conj: a lazy conjugate view, whose bit torch.mm hands to BLAS)
+            b = a.t() if trans else a
+            b = b.conj() if conj else b
+            return torch.mm(x2, b) if out is None else torch.mm(x2, b, out=out)
         if out is None:
             return _linear(x2, a)  # x2 @ a.T: torch.mm on the transposed view, without a Python step
         return torch.mm(x2, a.t(), out=out)
 
     def conj_copy(self, x2: torch.Tensor) -> torch.Tensor:
+        if x2.is_contiguous():  # (conj_physical keeps a dense layout: C order here)
+            return torch.conj_physical(x2)
         copy = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
         copy.copy_(x2.conj())  # (copy_ writes the conjugated values; autograd records it)
         return copy

@@ -180,20 +180,26 @@ class StridedEngine(Engine):
         """A C-ordered copy of ``a`` as ``dtype`` (lazy conjugate/negative bits resolved)."""
         return a.astype(dtype, order="C", copy=True)
 
-    def gemm(self, x2: Any, a: Any, out: Any = None, conj: bool = False) -> Any:
+    def gemm(self, x2: Any, a: Any, out: Any = None, conj: bool = False, trans: bool = True) -> Any:
         """One GEMM ``x2 @ a.T`` on the views as they are (A read through its transposed
-        view), into ``out`` when given, else into a new array of this library; with
-        ``conj``, ``x2 @ conj(a.T)`` through BLAS's conjugate flag (only where
-        :meth:`conj_flag` said yes)."""
+        view), into ``out`` when given, else into a new array of this library.
+        ``trans=False``: ``x2 @ a`` (op "T" and "H" pass A itself).  ``conj``: the second
+        operand conjugated through BLAS's conjugate flag (only where :meth:`conj_flag`
+        said yes)."""
         raise NotImplementedError
 
     # -- op(A): transpose and conjugate without copying A ----------------------------------
+    def plain(self, a: Any) -> tuple[Any, bool]:
+        """(A's memory as an array without lazy flags, whether A was lazily conjugated)."""
+        return a, False
+
     def operand(self, a: Any, op: str) -> tuple[Any, bool]:
         """(a view of op(A) for the GEMM, whether the GEMM must conjugate it): the
         transpose is a view; the conjugate is a flag, applied by :meth:`conj_flag`'s BLAS
         flag or by conjugating x and y (never by conjugating A)."""
+        a, lazy = self.plain(a)
         view = self.permute(a, (1, 0)) if op in ("T", "H") else a
-        return view, op in ("H", "C") and self.is_complex(a)
+        return view, (op in ("H", "C") and self.is_complex(a)) != lazy
 
     def conj_flag(self, rows: int, x2_strides: tuple, a: Any, y2_strides: tuple) -> bool:
         """Whether :meth:`gemm` computes ``x2 @ conj(a.T)`` with BLAS's conjugate flag on

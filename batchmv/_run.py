@@ -3,7 +3,6 @@ schedule, or the engine's expression, and the result handed back to its home lib
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -43,19 +42,18 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     view_x = tuple(eng.shape(call.x)[i] for i in perm) != view_shape
     view_y = split_shape != (sched.rows, call.y_shape[axis])
     unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute_x else None
-    operand = op != "N" or conj is not None  # a view of op(A) (torch: without a lazy conjugate bit)
-    if not (permute_x or view_x or view_y or operand):
+    plain = op != "N" or conj is not None  # A's memory without torch's lazy conjugate bit
+    if not (permute_x or view_x or view_y or plain):
         return lambda a, x: eng.gemm(x, a)  # x is the GEMM's X2 and its result is y
-    flag, tracked = conj == "flag", call.tracks_graph
+    gemm, tracked = _gemm(eng, op, conj), call.tracks_graph
 
     def run(a: Any, x: Any) -> Any:
-        if operand:
-            a = eng.operand(a, op)[0]
+        if plain:
+            a = eng.plain(a)[0]
         if permute_x:
             x = eng.permute(x, perm)
         x2 = eng.view(x, view_shape) if view_x else x
-        x2 = eng.conj_copy(x2) if conj == "xy" else x2
-        y = eng.gemm(x2, a, conj=True) if flag else eng.gemm(x2, a)
+        y = gemm(eng.conj_copy(x2) if conj == "xy" else x2, a)
         if conj == "xy":
             y = eng.conj_inplace(y, tracked)
         if view_y:
@@ -63,6 +61,18 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
         return eng.permute(y, unperm) if unperm else y
 
     return run
+
+
+def _gemm(eng: Any, op: str, conj: Any, copied: bool = False) -> Any:
+    """The engine's GEMM for op(A) on A itself (``trans=False`` for op "T"/"H", whose
+    GEMM reads A as it is; a copy of A is C-ordered op(A)), with the conjugate flag where
+    the call uses it; keywords only where they differ from the defaults."""
+    kw = {"trans": False} if op in ("T", "H") and not copied else {}
+    if conj == "flag":
+        kw["conj"] = True
+    if not kw:
+        return lambda x2, a, out=None: eng.gemm(x2, a, out)
+    return lambda x2, a, out=None: eng.gemm(x2, a, out, **kw)  # (eng.gemm looked up per call)
 
 
 def execute(call: Call) -> Any:
@@ -77,9 +87,9 @@ def execute(call: Call) -> Any:
         return _deliver(call, eng.expression(a, x, call.axis, call.op))
     a, x = call.a, call.x
     if call.op != "N" or conj is not None:
-        a = eng.operand(a, call.op)[0]
-    if sched.a_copy:
-        a = eng.c_order_copy(a, call.dtype)
+        a = eng.plain(a)[0]
+    if sched.a_copy:  # a C-ordered copy of op(A) (without its conjugate)
+        a = eng.c_order_copy(eng.permute(a, (1, 0)) if call.op in ("T", "H") else a, call.dtype)
         if conj == "copy":
             a = eng.conj_inplace(a, tracked)
     if sched.zero_axes:
@@ -94,7 +104,7 @@ def execute(call: Call) -> Any:
     r2 = _reshape(eng, call.out_e, sched.perm, r_shape) if direct else None
     if r2 is None and eng is not call.home:  # a result another library adopts
         r2 = eng.empty(r_shape, call.dtype, x)
-    gemm = functools.partial(eng.gemm, conj=True) if conj == "flag" else eng.gemm
+    gemm = _gemm(eng, call.op, conj, copied=bool(sched.a_copy))
     if not sched.loop_shape:
         r2 = gemm(x2, a, r2)
     elif tracked:

@@ -192,9 +192,9 @@ class GemmRecorder:
         engine = _registry.get_engine(engine_name)
         original = engine.gemm
 
-        def gemm(x2, a, out=None, conj=False):
+        def gemm(x2, a, out=None, conj=False, trans=True):
             self.calls.append({"a": support.byte_range(a), "conj": conj, "x2": support.byte_range(x2)})
-            return original(x2, a, out, conj)
+            return original(x2, a, out, conj, trans)
 
         monkeypatch.setattr(engine, "gemm", gemm)
 

@@ -110,11 +110,11 @@ class Counter:
         engine = _registry.get_engine(op.backend)
         original = engine.gemm
 
-        def gemm(x2, a, out=None, conj=False):
+        def gemm(x2, a, out=None, conj=False, trans=True):
             self.gemms += 1
             start, stop = support.byte_range(a)
             self.foreign += not (lo <= start and stop <= hi)
-            return original(x2, a, out, conj)
+            return original(x2, a, out, conj, trans)
 
         monkeypatch.setattr(engine, "gemm", gemm)
         for name in ("matvec", "rmatvec", "matmat", "rmatmat"):
