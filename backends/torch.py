@@ -30,6 +30,11 @@ from .._errors import CopyRequiredError
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
 _linear = torch.nn.functional.linear
 
+#: complex dtypes, whose conjugated temporaries (an adjoint's x) are allocated by numpy from
+#: :data:`_HUGE` bytes on (see TorchEngine.conj_copy)
+_NUMPY_COMPLEX = {torch.complex64: np.complex64, torch.complex128: np.complex128}
+_HUGE = 1 << 22
+
 # dtypes torch.mm computes on the CPU
 _MM_DTYPES = frozenset(
     {
@@ -237,6 +242,15 @@ class TorchEngine(StridedEngine):
         return torch.mm(x2, a.t(), out=out)
 
     def conj_copy(self, x2: torch.Tensor) -> torch.Tensor:
+        numpy_dtype = _NUMPY_COMPLEX.get(x2.dtype)
+        if (
+            numpy_dtype is not None and x2.device.type == "cpu" and x2.numel() * x2.element_size() >= _HUGE
+            and not (x2.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling()
+        ):  # fmt: skip
+            # numpy asks the kernel for transparent huge pages for large arrays (madvise), torch's
+            # CPU allocator does not: a fresh buffer of small pages costs a fault per 4 KiB
+            buf = torch.from_numpy(np.empty(tuple(x2.shape), numpy_dtype))
+            return torch.conj_physical(x2, out=buf)
         if x2.is_contiguous():  # (conj_physical keeps a dense layout: C order here)
             return torch.conj_physical(x2)
         copy = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
