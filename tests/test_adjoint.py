@@ -417,3 +417,53 @@ def test_dask_adjoint(chunks):
         plan = batchmv.plan(A, xd, op=op)
         assert plan.op == op and plan.views[0].source == "A"
     assert batchmv.plan(A, xd, op="H").temporaries  # numpy blocks: conj(x) per block
+
+
+# -- GPU (marked gpu: skipped without a CUDA device; not run by the sessions that wrote it) --
+@pytest.mark.gpu
+@pytest.mark.parametrize("a_order", ("C", "F"))
+@pytest.mark.parametrize("dtype", ("float32", "complex64", "complex128"))
+def test_cupy_adjoint_reads_a_in_place(a_order, dtype):
+    """cuBLAS op C where it reads A's memory transposed (the adjoint of a Fortran-ordered A
+    into a row-major y), x and y conjugated otherwise; the memory pool grows by at most x's
+    size beyond y."""
+    from test_gpu import _need_cupy_gpu, _pool_growth
+
+    _need_cupy_gpu()
+    import cupy as cp
+
+    rng = np.random.default_rng(4)
+    A = cp.asarray(support.random_values(rng, (1024, 768), dtype))
+    A = A if a_order == "C" else cp.asfortranarray(A)
+    x = cp.asarray(support.random_values(rng, (512, 1024), dtype))
+    for op in OPS:
+        plan = batchmv.plan(A, x, op=op)
+        assert plan.copies == () and plan.views[0].source == "A"
+        assert plan.views[0].conj == (op == "H" and dtype != "float32" and a_order == "F"), plan
+        batchmv.matvec(A, x, op=op)  # warm-up
+        y, grown = _pool_growth(cp, lambda op=op: batchmv.matvec(A, x, op=op))
+        assert grown <= (x.nbytes if plan.temporaries else 0) + 0.02 * A.nbytes, (op, grown)
+        support.assert_matvec_close(y, support.reference(op_matrix(A, op), x, -1), support.magnitude(op_matrix(A, op), x, -1), 1024, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ("float32", "complex64"))
+def test_torch_cuda_adjoint_makes_no_copy_of_a(dtype):
+    from test_gpu import _need_torch_cuda
+
+    _need_torch_cuda()
+    import torch
+
+    A = support.to_lib(support.random_values(np.random.default_rng(5), (2048, 1536), dtype), "torch").cuda()
+    x = support.to_lib(support.random_values(np.random.default_rng(6), (256, 2048), dtype), "torch").cuda()
+    for call in (lambda: batchmv.rmatvec(A, x), lambda: batchmv.matvec(A.mH, x), lambda: batchmv.prepare(A).H(x)):
+        call()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        y = call()
+        torch.cuda.synchronize()
+        grown = torch.cuda.max_memory_allocated() - base - y.numel() * y.element_size()
+        assert grown <= x.numel() * x.element_size() + 0.02 * A.numel() * A.element_size(), grown
+        ref = support.reference(op_matrix(A, "H"), x, -1)
+        support.assert_matvec_close(y, ref, support.magnitude(op_matrix(A, "H"), x, -1), 2048, dtype)

@@ -130,10 +130,11 @@ def test_conjugate_flag_reads_a_in_place_or_is_refused(rows, n, m):
     assert readable
 
 
-def test_conjugate_flag_for_the_adjoint_of_a_c_ordered_a():
-    """rmatvec on a C-ordered A (A^H's GEMM operand conj(A) is row-major): cuBLAS reads A
-    with op C into a row-major Y2; a Fortran-ordered A cannot be conjugated that way."""
-    call = cublas_args(10, 4, 3, (4, 1), (1, 4), (3, 1), conj=True)  # A.T strides (1, 4): A is C-ordered (3, 4)
+def test_conjugate_flag_needs_a_read_transposed():
+    """The GEMM operand conj(B.T) of a C-ordered B (3, 4) (``matvec(B.conj(), x)``, or
+    ``rmatvec`` of the Fortran-ordered A = B.T) is read with op C into a row-major Y2; that
+    of a Fortran-ordered B (``rmatvec`` of a C-ordered A) cannot be: x and y are conjugated."""
+    call = cublas_args(10, 4, 3, (4, 1), (1, 4), (3, 1), conj=True)  # B.T strides (1, 4)
     assert call == CublasGemm(CUBLAS_OP_C, CUBLAS_OP_N, 3, 10, 4, "a_t", 4, "x2", 4, 3)
     assert not conj_readable(10, 4, 3, (4, 1), (3, 1), (3, 1))
 
