@@ -119,7 +119,7 @@ class TorchEngine(StridedEngine):
     def plain(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """A lazy conjugate bit of A (``A.conj()``, ``A.mH``) becomes the GEMM's conjugate
         flag, on a view of A's memory without the bit: it is never resolved into a copy of A."""
-        if a.is_conj() and not torch.compiler.is_compiling():  # (the compiler resolves bits in the graph)
+        if not torch.compiler.is_compiling() and a.is_conj():  # (the compiler resolves bits in the graph)
             return a.conj(), True  # conj() of a conjugate view: the same memory, bit cleared
         return a, False
 
@@ -242,10 +242,10 @@ class TorchEngine(StridedEngine):
         return torch.mm(x2, a.t(), out=out)
 
     def conj_copy(self, x2: torch.Tensor) -> torch.Tensor:
-        numpy_dtype = _NUMPY_COMPLEX.get(x2.dtype)
+        numpy_dtype = None if torch.compiler.is_compiling() else _NUMPY_COMPLEX.get(x2.dtype)
         if (
             numpy_dtype is not None and x2.device.type == "cpu" and x2.numel() * x2.element_size() >= _HUGE
-            and not (x2.requires_grad and torch.is_grad_enabled()) and not torch.compiler.is_compiling()
+            and not (x2.requires_grad and torch.is_grad_enabled())
         ):  # fmt: skip
             # numpy asks the kernel for transparent huge pages for large arrays (madvise), torch's
             # CPU allocator does not: a fresh buffer of small pages costs a fault per 4 KiB

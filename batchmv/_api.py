@@ -34,8 +34,8 @@ def matvec(
     The adjoint conjugates A with BLAS's conjugate flag where the engine's GEMM can on
     these views (torch on the CPU, cupy: an operand read transposed); otherwise (numpy's
     matmul has no such flag) as ``conj(A^T conj(x))``: x is conjugated into a temporary of
-    the vectors' size and y in place, listed in ``plan(...).temporaries``, which
-    ``copy=False`` allows (they are not copies of A or x made for the GEMM).  torch's lazy
+    the vectors' size and y in place, listed in ``plan(...).temporaries`` (``copy=False``
+    refuses that temporary, as it refuses every input-sized buffer).  torch's lazy
     conjugate views (``A.conj()``, ``A.mH``) are read the same way, never resolved into a
     copy of A.
 

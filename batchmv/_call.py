@@ -204,6 +204,11 @@ def build(
         notes.append(f"x has stride 0 along axes {sched.zero_axes}: each distinct vector is multiplied once, then broadcast")
     refuse_copies(copies, allow_copy)
     how, temps = _conjugation(engine, a_op, sched, y_shape[ax]) if conj else (None, ())
+    if how == "xy" and not sched.x_copy and not allow_copy:  # (an input-sized temporary, as copies are)
+        raise CopyRequiredError(
+            f"copy=False, but this call needs a temporary: {temps[0]}. Pass copy=None to allow it"
+            + ("" if engine.name == "numpy" else ", or give A Fortran order (A = B.T), which BLAS conjugates in place")
+        )
     return Call(
         home, engine, a_e, x_e, out, out_e, ax, dtype, y_shape, sched, tracks, tuple(copies), tuple(notes), op, how, temps
     )

@@ -51,7 +51,8 @@ class Plan:
     blocks: int = 1  #: separately computed blocks (dask: one matvec call per block, views of the first)
     op: str = "N"  #: y = op(A) @ x: "N" (A), "T" (A^T), "H" (A^H, conjugate transpose), "C" (conj(A))
     #: buffers the call allocates besides y and the copies (the conjugated vectors of an
-    #: adjoint where the GEMM has no conjugate flag), each with its reason; copy=False allows them
+    #: adjoint where the GEMM has no conjugate flag), each with its reason; copy=False
+    #: refuses a new one (CopyRequiredError), as it refuses copies
     temporaries: tuple[str, ...] = field(default=())
     gemm: str = "Y2 = X2 @ A.T"  #: what the GEMM computes on the views
 
