@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PY) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install -c requirements/constraints.txt torch
-	$(PIP) install -c requirements/constraints.txt -e '.[test,dask,jax,bench]'
+	$(PIP) install -c requirements/constraints.txt -e '.[test,dask,jax,bench,scipy]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -39,17 +39,24 @@ from batchmv import _api
 SPLIT_EVERY = 2
 
 
-def matvec_block(x_block: Any, a: Any, *, axis: int, backend: str, copy: bool | None) -> Any:
+def matvec_block(x_block: Any, a: Any, *, axis: int, backend: str, copy: bool | None, op: str = "N") -> Any:
     """One block: the normal dispatch, on the engine captured when the graph was built."""
-    return _api.matvec(a, x_block, axis=axis, backend=backend, copy=copy)
+    return _api.matvec(a, x_block, axis=axis, backend=backend, copy=copy, op=op)
 
 
-def matvec_columns(x_block: Any, columns: Any, a: Any, *, axis: int, backend: str, copy: bool | None) -> Any:
+def op_columns(a: Any, start: int, stop: int, op: str) -> Any:
+    """The columns ``start:stop`` of op(A) as a view of A: its rows for "T" and "H"."""
+    return a[start:stop] if op in ("T", "H") else a[:, start:stop]
+
+
+def matvec_columns(
+    x_block: Any, columns: Any, a: Any, *, axis: int, backend: str, copy: bool | None, op: str = "N"
+) -> Any:
     """One partial product: a chunk of x along ``axis`` (``columns``: its indices there)
-    times the columns of A it meets, with a leading axis of length 1 for the sum."""
+    times the columns of op(A) it meets, with a leading axis of length 1 for the sum."""
     start = int(columns[0]) if len(columns) else 0
-    a_columns = a[:, start : start + x_block.shape[axis]]  # a view: A is not copied
-    return _api.matvec(a_columns, x_block, axis=axis, backend=backend, copy=copy)[None]
+    a_columns = op_columns(a, start, start + x_block.shape[axis], op)  # a view: A is not copied
+    return _api.matvec(a_columns, x_block, axis=axis, backend=backend, copy=copy, op=op)[None]
 
 
 def _keep(part: Any, axis: Any = None, keepdims: bool = True) -> Any:
@@ -142,19 +149,23 @@ def _split(size: int, most: int) -> list[int]:
     return [q + 1] * r + [q] * (pieces - r)
 
 
-def blockwise(x: da.Array, a_key: Any, ax: int, m: int, meta: Any, engine: str, copy: object) -> da.Array:
+def blockwise(
+    x: da.Array, a_key: Any, ax: int, m: int, meta: Any, engine: str, copy: object, op: str = "N"
+) -> da.Array:
     """y, one block task per block of x (x has one chunk along ``ax``)."""
-    name = "batchmv-matvec-" + tokenize(x.name, a_key.key, ax, engine, copy, m)
+    name = "batchmv-matvec-" + tokenize(x.name, a_key.key, ax, engine, copy, m, op)
     return da.blockwise(
         matvec_block, tuple(range(x.ndim)), x, tuple(range(x.ndim)), a_key, None,
         adjust_chunks={ax: m}, dtype=meta.dtype, meta=meta, name=name,
-        axis=ax, backend=engine, copy=copy,
+        axis=ax, backend=engine, copy=copy, op=op,
     )  # fmt: skip
 
 
-def per_chunk(x: da.Array, a_key: Any, ax: int, m: int, meta: Any, engine: str, copy: object) -> da.Array:
+def per_chunk(
+    x: da.Array, a_key: Any, ax: int, m: int, meta: Any, engine: str, copy: object, op: str = "N"
+) -> da.Array:
     """y as the tree sum of the partial products of x's chunks along ``ax``."""
-    token = tokenize(x.name, a_key.key, ax, engine, copy, m)
+    token = tokenize(x.name, a_key.key, ax, engine, copy, m, op)
     columns = da.arange(x.shape[ax], chunks=(x.chunks[ax],))  # each task's column indices
     x_ind = tuple(range(x.ndim))
     m_ind = x.ndim  # a new index: y's axis of length m
@@ -162,7 +173,7 @@ def per_chunk(x: da.Array, a_key: Any, ax: int, m: int, meta: Any, engine: str, 
         matvec_columns, (ax, *(m_ind if i == ax else i for i in x_ind)),
         x, x_ind, columns, (ax,), a_key, None,
         new_axes={m_ind: m}, adjust_chunks={ax: 1}, dtype=meta.dtype, meta=meta[None],
-        name="batchmv-partial-" + token, axis=ax, backend=engine, copy=copy,
+        name="batchmv-partial-" + token, axis=ax, backend=engine, copy=copy, op=op,
     )  # fmt: skip
     return da.reduction(
         partials, _keep, sum_partials, axis=0, keepdims=False, dtype=meta.dtype,

@@ -134,10 +134,5 @@ class ArrayApiEngine(Engine):
     def assign(self, dst: Any, src: Any) -> None:
         dst[...] = src
 
-    def expression(self, a: Any, x: Any, axis: int) -> Any:
-        xp = self.namespace(x)
-        y = xp.matmul(xp.moveaxis(x, axis, -1), xp.matrix_transpose(a))
-        return xp.moveaxis(y, -1, axis)
-
 
 ENGINE_CLASS = ArrayApiEngine

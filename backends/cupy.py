@@ -45,7 +45,7 @@ import numpy as np
 from .._checks import dlpack_device, require_copy
 from .._engine import StridedEngine
 from .._errors import CopyRequiredError
-from .._layout import CUBLAS_INT_MAX, cublas_args
+from .._layout import CUBLAS_INT_MAX, conj_readable, cublas_args
 
 #: dtypes cuBLAS multiplies: float32, float64, complex64, complex128, float16 (GemmEx)
 _CUBLAS_CHARS = frozenset("fdFDe")
@@ -96,6 +96,7 @@ def _element_strides(a: cupy.ndarray) -> tuple[int, ...]:
 
 class CupyEngine(StridedEngine):
     name = "cupy"
+    conj_note = "cuBLAS conjugates only an operand it reads transposed (op C)"
 
     # -- questions about native arrays ------------------------------------------------
     def is_native(self, obj: Any) -> bool:
@@ -183,9 +184,25 @@ class CupyEngine(StridedEngine):
         with like.device:
             return cupy.empty(shape, dtype=dtype)
 
-    def gemm(self, x2: cupy.ndarray, a: cupy.ndarray, out: cupy.ndarray | None = None) -> cupy.ndarray:
-        """``out = x2 @ a.T`` on the views as they are, on the current stream."""
-        a_t = a.T
+    def conj_flag(self, rows: int, x2_strides: tuple, a: cupy.ndarray, y2_strides: tuple) -> bool:
+        """cuBLAS conjugates A (op C) wherever it reads A's memory transposed."""
+        m, n = a.shape
+        return a.dtype.char in "FD" and conj_readable(rows, n, m, x2_strides, _element_strides(a.T), y2_strides)
+
+    def conj_copy(self, x2: cupy.ndarray) -> cupy.ndarray:
+        with x2.device:
+            return cupy.conjugate(x2, out=cupy.empty(x2.shape, x2.dtype))
+
+    def conj_inplace(self, y: cupy.ndarray, tracked: bool = False) -> cupy.ndarray:
+        with y.device:
+            return cupy.conjugate(y, out=y)
+
+    def gemm(
+        self, x2: cupy.ndarray, a: cupy.ndarray, out: cupy.ndarray | None = None, conj: bool = False, trans: bool = True
+    ) -> cupy.ndarray:
+        """``out = x2 @ a.T`` (``x2 @ a`` without ``trans``; the second operand conjugated
+        with ``conj``: cuBLAS's op C) on the views as they are, on the current stream."""
+        a_t = a.T if trans else a
         rows, n = x2.shape
         m = a_t.shape[1]
         dtype = x2.dtype
@@ -198,7 +215,7 @@ class CupyEngine(StridedEngine):
                 out.fill(0)
                 return out
             if dtype.char in _CUBLAS_CHARS:
-                _cublas_gemm(x2, a_t, out)
+                _cublas_gemm(x2, a_t, out, conj)
             else:
                 _kernel_gemm(x2, a_t, out)
         return out
@@ -216,7 +233,7 @@ class CupyEngine(StridedEngine):
 
 
 
-def _cublas_gemm(x2: cupy.ndarray, a_t: cupy.ndarray, out: cupy.ndarray) -> None:
+def _cublas_gemm(x2: cupy.ndarray, a_t: cupy.ndarray, out: cupy.ndarray, conj: bool = False) -> None:
     """One cuBLAS call per block of at most 2**31 - 1 rows (one block in practice)."""
     from cupy_backends.cuda.libs import cublas  # loads libcublas: only when a GPU computes
 
@@ -239,7 +256,9 @@ def _cublas_gemm(x2: cupy.ndarray, a_t: cupy.ndarray, out: cupy.ndarray) -> None
             stop = min(rows, start + block)
             xs, ys = x2[start:stop], out[start:stop]
             try:
-                args = cublas_args(stop - start, n, m, _element_strides(xs), _element_strides(a_t), _element_strides(ys))
+                args = cublas_args(
+                    stop - start, n, m, _element_strides(xs), _element_strides(a_t), _element_strides(ys), conj
+                )
             except OverflowError as err:
                 raise ValueError(f"the cupy engine cannot call cuBLAS on these views: {err}") from None
             first = (xs if args.first == "x2" else a_t).data.ptr

@@ -48,7 +48,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
 from batchmv import _api, _registry, _select
-from batchmv._checks import SEQUENCES, check_copy, check_shapes, refuse_copies, require_copy
+from batchmv._checks import SEQUENCES, check_copy, check_shapes, op_shape, refuse_copies, require_copy
 from batchmv._plan import Plan
 from batchmv.backends import _dask_graph as graphs
 
@@ -109,15 +109,21 @@ def _from_sequence(obj: Any, label: str, allow_copy: bool, copies: list[str]) ->
 class DaskAdapter:
     name = "dask"
 
-    def matvec(self, a: Any, x: Any, *, axis: Any = -1, out: Any = None, backend: str | None = None, copy: object = None) -> Any:
+    def matvec(
+        self, a: Any, x: Any, *, axis: Any = -1, out: Any = None, backend: str | None = None, copy: object = None,
+        op: str = "N",
+    ) -> Any:  # fmt: skip
         """The lazy result of ``batchmv.matvec(a, x, ...)`` (a dask array)."""
-        return self._graph(a, x, axis, out, backend, copy).array
+        return self._graph(a, x, axis, out, backend, copy, op).array
 
-    def plan(self, a: Any, x: Any, *, axis: Any = -1, out: Any = None, backend: str | None = None, copy: object = None) -> Plan:
+    def plan(
+        self, a: Any, x: Any, *, axis: Any = -1, out: Any = None, backend: str | None = None, copy: object = None,
+        op: str = "N",
+    ) -> Plan:  # fmt: skip
         """The report of ``batchmv.plan(a, x, ...)``: the whole graph, views of its first block."""
-        return self._graph(a, x, axis, out, backend, copy).report
+        return self._graph(a, x, axis, out, backend, copy, op).report
 
-    def _graph(self, a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object) -> _Graph:
+    def _graph(self, a: Any, x: Any, axis: Any, out: Any, backend: str | None, copy: object, op: str) -> _Graph:
         allow_copy = check_copy(copy)
         engine_name = _select.requested(backend)  # read now; the engine it gives goes into the graph
         if engine_name in _registry.ENGINES:
@@ -130,14 +136,14 @@ class DaskAdapter:
         copies: list[str] = []
         x = self._x_as_dask(x, allow_copy, copies)
         a_key, a_template = self._a_into_graph(a, allow_copy, copies)
-        ax, _ = check_shapes(a_template.shape, x.shape, axis)
-        m, n = a_template.shape
+        ax, _ = check_shapes(op_shape(a_template.shape, op), x.shape, axis)
+        m, n = op_shape(a_template.shape, op)  # op(A): its columns meet x's chunks along the axis
         notes: list[str] = []
         per_chunk = False
         zero = tuple(0 if i != ax else n for i in range(x.ndim)) if x.ndim > 1 else (n,)
         if x.numblocks[ax] > 1:
             # y's dtype as the blocks' library promotes it (the home engine's, whichever computes)
-            y_dtype = _api.plan(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend="auto").dtype
+            y_dtype = _api.plan(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend="auto", op=op).dtype
             y_itemsize = np.dtype(y_dtype).itemsize
             per_chunk = self._whole_vectors(x, ax, m, y_itemsize, copies, notes)
             refuse_copies(copies, allow_copy)
@@ -148,16 +154,16 @@ class DaskAdapter:
         block_reports = []
         for shape, count in _block_shapes(x.chunks).items():
             block = _template(x._meta, shape, x.dtype)
-            a_block = a_template[:, : shape[ax]] if per_chunk else a_template
-            report = _api.plan(a_block, block, axis=ax, backend=engine_name, copy=copy)
+            a_block = graphs.op_columns(a_template, 0, shape[ax], op) if per_chunk else a_template
+            report = _api.plan(a_block, block, axis=ax, backend=engine_name, copy=copy, op=op)
             block_reports.append(_BlockReport(shape, count, report))
         # The engine every block runs on, decided here ("auto": the blocks' library; "fastest":
         # measured once, here, not per block in each worker).
         engine = self._first_report(block_reports, x).backend
-        meta = _api.matvec(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend=engine, copy=copy)
+        meta = _api.matvec(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend=engine, copy=copy, op=op)
 
         build = graphs.per_chunk if per_chunk else graphs.blockwise
-        y = build(x, a_key, ax, m, meta, engine, copy)
+        y = build(x, a_key, ax, m, meta, engine, copy, op)
         return _Graph(y, self._report(block_reports, copies, notes, x, engine_name, engine, a_key.key))
 
     @staticmethod
@@ -262,6 +268,9 @@ class DaskAdapter:
             views=first.views,
             notes=tuple(all_notes),
             blocks=blocks,
+            op=first.op,
+            temporaries=tuple(dict.fromkeys(f"each block: {t}" for b in block_reports for t in b.report.temporaries)),
+            gemm=first.gemm,
         )
 
 

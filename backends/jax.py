@@ -186,9 +186,10 @@ class JaxEngine(Engine):
     def empty(self, shape: tuple[int, ...], dtype: Any, like: Any) -> Any:
         return jnp.empty(shape, dtype=dtype)
 
-    def expression(self, a: Any, x: Any, axis: int) -> Any:
-        """``y = moveaxis(dot_general(x, A), -1, axis)``: one dot on A as given."""
-        y = _matvec(a, x, axis)
+    def expression(self, a: Any, x: Any, axis: int, op: str = "N") -> Any:
+        """``y = moveaxis(dot_general(x, A), -1, axis)``: one dot on A as given (op "T" and
+        "H" contract A's dim 0 instead of 1; see :func:`_matvec`)."""
+        y = _matvec(a, x, axis, op)
         if self._foreign and not _is_tracer(y) and (self._wraps_foreign(a) or self._wraps_foreign(x)):
             # JAX dispatches asynchronously; another library owns this memory and may
             # write to it as soon as matvec returns, so wait until the dot has read it.
@@ -204,13 +205,18 @@ class JaxEngine(Engine):
         return ref is not None and ref() is a
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _matvec(a: Any, x: Any, axis: int) -> Any:
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _matvec(a: Any, x: Any, axis: int, op: str = "N") -> Any:
+    """op(A) @ x along ``axis``: the transpose is the choice of A's contracted dim (no
+    transpose of A in the program), the conjugate goes on x and y,
+    ``conj(A)^T x == conj(A^T conj(x))``, so the program never holds a conjugated A."""
     dtype = jnp.result_type(a, x)
+    conj = op in ("H", "C") and jnp.issubdtype(a.dtype, jnp.complexfloating)
     a = a if a.dtype == dtype else jax.lax.convert_element_type(a, dtype)
     x = x if x.dtype == dtype else jax.lax.convert_element_type(x, dtype)
-    y = jax.lax.dot_general(x, a, (((axis,), (1,)), ((), ())), precision=_HIGHEST, preferred_element_type=dtype)
-    return jnp.moveaxis(y, -1, axis)
+    dims = (((axis,), (0 if op in ("T", "H") else 1,)), ((), ()))
+    y = jax.lax.dot_general(jnp.conj(x) if conj else x, a, dims, precision=_HIGHEST, preferred_element_type=dtype)
+    return jnp.moveaxis(jnp.conj(y) if conj else y, -1, axis)
 
 
 ENGINE_CLASS = JaxEngine

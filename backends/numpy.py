@@ -49,6 +49,7 @@ def _meaning_lost(a: np.ndarray) -> Optional[str]:
 
 class NumpyEngine(StridedEngine):
     name = "numpy"
+    conj_note = "numpy.matmul has no conjugate flag"
 
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, np.ndarray)
@@ -112,8 +113,19 @@ class NumpyEngine(StridedEngine):
         # another library adopts these (numpy computing for jax), and JAX wraps only aligned memory
         return aligned_empty(shape, dtype)
 
-    def gemm(self, x2: np.ndarray, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        return _matmul(x2, a.T) if out is None else _matmul(x2, a.T, out=out)
+    def gemm(
+        self, x2: np.ndarray, a: np.ndarray, out: np.ndarray | None = None, conj: bool = False, trans: bool = True
+    ) -> np.ndarray:
+        if conj:  # (conj_flag is False: numpy's matmul has no conjugate flag)
+            raise NotImplementedError("numpy's matmul cannot conjugate an operand")
+        b = a.T if trans else a
+        return _matmul(x2, b) if out is None else _matmul(x2, b, out=out)
+
+    def conj_copy(self, x2: np.ndarray) -> np.ndarray:
+        return np.conjugate(x2, out=np.empty(x2.shape, x2.dtype))
+
+    def conj_inplace(self, y: np.ndarray, tracked: bool = False) -> np.ndarray:
+        return np.conjugate(y, out=y)
 
     def stack(self, parts: list, shape: tuple[int, ...]) -> np.ndarray:
         return np.stack(parts).reshape(shape)

@@ -30,6 +30,11 @@ from .._errors import CopyRequiredError
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
 _linear = torch.nn.functional.linear
 
+#: complex dtypes, whose conjugated temporaries (an adjoint's x) are allocated by numpy from
+#: :data:`_HUGE` bytes on (see TorchEngine.conj_copy)
+_NUMPY_COMPLEX = {torch.complex64: np.complex64, torch.complex128: np.complex128}
+_HUGE = 1 << 22
+
 # dtypes torch.mm computes on the CPU
 _MM_DTYPES = frozenset(
     {
@@ -44,6 +49,10 @@ class TorchEngine(StridedEngine):
     name = "torch"
     expression_kernel = "matmul under a torch.func transform"
     expression_note = "inputs are being transformed by torch.func (vmap/grad): torch.matmul on the moved vector axis runs under the transform"
+    conj_note = (
+        "torch.mm hands BLAS the conjugate flag only for an operand it reads transposed; "
+        "on these views it would resolve A's conjugate into a copy of A"
+    )
 
     def is_native(self, obj: Any) -> bool:
         return isinstance(obj, torch.Tensor)
@@ -109,6 +118,39 @@ class TorchEngine(StridedEngine):
             )  # fmt: skip
         except RuntimeError:  # no strides (sparse CSR): the full checks say what to do
             return None
+
+    def is_complex(self, a: torch.Tensor) -> bool:
+        return a.is_complex()
+
+    def plain(self, a: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """A lazy conjugate bit of A (``A.conj()``, ``A.mH``) becomes the GEMM's conjugate
+        flag, on a view of A's memory without the bit: it is never resolved into a copy of A."""
+        if not torch.compiler.is_compiling() and a.is_conj():  # (the compiler resolves bits in the graph)
+            return a.conj(), True  # conj() of a conjugate view: the same memory, bit cleared
+        return a, False
+
+    def conj_flag(self, rows: int, x2_strides: tuple, a: torch.Tensor, y2_strides: tuple) -> bool:
+        """Whether ``torch.mm(x2, a.t().conj())`` keeps the conjugate bit of its second
+        operand to the BLAS call (op C) instead of resolving it into a copy of A.
+
+        torch's CPU ``addmm`` keeps the bit of an operand it hands to BLAS transposed and
+        resolves it (a copy) otherwise; which operand is transposed follows from the
+        strides of the result and the operand, as below.  CUDA is not decided here (its
+        rule is not checked by batchmv's tests), so CUDA calls conjugate x and y instead.
+        """
+        if torch.compiler.is_compiling() or a.device.type != "cpu":
+            return False
+        m, n = (int(s) for s in a.shape)
+        b0, b1 = (int(s) for s in a.stride()[::-1])  # strides of B = a.t(), shape (n, m)
+        y0, y1 = y2_strides
+        if rows == 0 or m == 0 or n == 0:
+            return False
+        if y1 == 1 and (rows == 1 or y0 >= max(1, m)) and not (y0 == 1 and (m == 1 or y1 >= max(1, rows))):
+            # row-major result: torch swaps the operands and B is its "a"
+            resolved = b1 == 1 and b0 >= max(1, m)
+            return not resolved and b0 == 1 and b1 >= max(1, n)
+        resolved = b0 == 1 and b1 >= max(1, n)  # column-major result: B is its "b"
+        return not resolved and b1 == 1 and b0 >= max(1, m)
 
     def must_copy(self, a: torch.Tensor) -> Optional[str]:
         if torch.compiler.is_compiling():  # the compiler resolves lazy bits in the graph
@@ -192,12 +234,37 @@ class TorchEngine(StridedEngine):
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, device=like.device)
 
-    def gemm(self, x2: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def gemm(
+        self, x2: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None, conj: bool = False, trans: bool = True
+    ) -> torch.Tensor:
         if x2.is_cuda:  # (another library's CUDA arrays, computed by torch)
             _check_cuda_dtype(x2.dtype)
+        if conj or not trans:  # (conj: a lazy conjugate view, whose bit torch.mm hands to BLAS)
+            b = a.t() if trans else a
+            b = b.conj() if conj else b
+            return torch.mm(x2, b) if out is None else torch.mm(x2, b, out=out)
         if out is None:
             return _linear(x2, a)  # x2 @ a.T: torch.mm on the transposed view, without a Python step
         return torch.mm(x2, a.t(), out=out)
+
+    def conj_copy(self, x2: torch.Tensor) -> torch.Tensor:
+        numpy_dtype = None if torch.compiler.is_compiling() else _NUMPY_COMPLEX.get(x2.dtype)
+        if (
+            numpy_dtype is not None and x2.device.type == "cpu" and x2.numel() * x2.element_size() >= _HUGE
+            and not (x2.requires_grad and torch.is_grad_enabled())
+        ):  # fmt: skip
+            # numpy asks the kernel for transparent huge pages for large arrays (madvise), torch's
+            # CPU allocator does not: a fresh buffer of small pages costs a fault per 4 KiB
+            buf = torch.from_numpy(np.empty(tuple(x2.shape), numpy_dtype))
+            return torch.conj_physical(x2, out=buf)
+        if x2.is_contiguous():  # (conj_physical keeps a dense layout: C order here)
+            return torch.conj_physical(x2)
+        copy = torch.empty(x2.shape, dtype=x2.dtype, device=x2.device)
+        copy.copy_(x2.conj())  # (copy_ writes the conjugated values; autograd records it)
+        return copy
+
+    def conj_inplace(self, y: torch.Tensor, tracked: bool = False) -> torch.Tensor:
+        return torch.conj_physical(y) if tracked else y.conj_physical_()
 
     def stack(self, parts: list, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.stack(parts).view(shape)
@@ -208,8 +275,12 @@ class TorchEngine(StridedEngine):
     def broadcast_copy(self, a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         return a.expand(shape).clone(memory_format=torch.contiguous_format)
 
-    def expression(self, a: torch.Tensor, x: torch.Tensor, axis: int) -> torch.Tensor:
-        return torch.matmul(x.movedim(axis, -1), a.mT).movedim(-1, axis)
+    def expression(self, a: torch.Tensor, x: torch.Tensor, axis: int, op: str = "N") -> torch.Tensor:
+        conj = op in ("H", "C") and a.is_complex()  # conj(A) @ x == conj(A @ conj(x)): A stays as it is
+        v = x.movedim(axis, -1)
+        y = torch.matmul(v.conj() if conj else v, a if op in ("T", "H") else a.mT)
+        # (lazy conjugates: transforms batch them, unlike conj_physical)
+        return (y.conj().resolve_conj() if conj else y).movedim(-1, axis)
 
 
 def _check_cuda_dtype(dtype: torch.dtype) -> None:

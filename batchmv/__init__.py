@@ -6,7 +6,7 @@ from any array library, as one GEMM on views, without copying A.
 [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
 """
 
-from ._api import matvec, plan
+from ._api import matvec, plan, rmatvec
 from ._errors import CopyRequiredError
 from ._operator import MatVec, prepare
 from ._plan import Plan
@@ -14,6 +14,7 @@ from ._registry import available_backends
 from ._select import use_backend
 
 __all__ = [
-    "CopyRequiredError", "MatVec", "Plan", "available_backends", "matvec", "plan", "prepare", "use_backend",
+    "CopyRequiredError", "MatVec", "Plan", "available_backends", "matvec", "plan", "prepare", "rmatvec",
+    "use_backend",
 ]  # fmt: skip
 __version__ = "0.1.0"

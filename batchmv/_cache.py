@@ -58,9 +58,9 @@ class Runners:
 calls = Runners(MAX_CALLS)
 
 
-def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any) -> tuple | None:
-    """The key of ``matvec(a, x, axis=axis, backend=backend, copy=copy)`` (no ``out``), or
-    None when the call is not one to remember."""
+def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any, op: Any = "N") -> tuple | None:
+    """The key of ``matvec(a, x, axis=axis, backend=backend, copy=copy, op=op)`` (no
+    ``out``), or None when the call is not one to remember."""
     kind_a, kind_x = type(a), type(x)
     engine = _registry.engine_of_types(kind_a, kind_x)
     if engine is None or type(axis) is not int or not (copy is None or copy is False):
@@ -68,4 +68,4 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any) -> tuple | None:
     signature = engine.signature(a, x)
     if signature is None:
         return None
-    return (kind_a, kind_x, signature, axis, backend, copy, _select.settings(backend))
+    return (kind_a, kind_x, signature, axis, backend, copy, op, _select.settings(backend))

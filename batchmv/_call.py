@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 from . import _layout, _registry, _select
-from ._checks import SEQUENCES, check_copy, check_shapes, dlpack_device, refuse_copies
+from ._checks import SEQUENCES, check_copy, check_shapes, dlpack_device, op_shape, refuse_copies
 from ._errors import CopyRequiredError
 
-#: ``choose(home, a, x, axis, dtype) -> (engine name, note)``: how a call with
+#: ``choose(home, a, x, axis, dtype, op) -> (engine name, note)``: how a call with
 #: ``backend="fastest"`` gets its engine (:mod:`batchmv._tune` measures or recalls).
-Chooser = Callable[[Any, Any, Any, int, Any], tuple[str, str]]
+Chooser = Callable[[Any, Any, Any, int, Any, str], tuple[str, str]]
 
 
 class Call(NamedTuple):
@@ -34,6 +34,12 @@ class Call(NamedTuple):
     tracks_graph: bool
     copies: tuple[str, ...]
     notes: tuple[str, ...]
+    op: str = "N"  #: y = op(A) @ x: "N", "T" (transpose), "H" (conjugate transpose), "C" (conjugate)
+    #: how the GEMM conjugates A (op "H"/"C" on complex A, or torch's lazy conjugate bit):
+    #: None (no conjugate), "flag" (BLAS's conjugate flag), "xy" (conj(A) x == conj(A conj(x)):
+    #: x and y conjugated, never A), "copy" (A is copied anyway: the copy is conjugated)
+    conj: Optional[str] = None
+    temporaries: tuple[str, ...] = ()  #: buffers a call allocates besides y and the copies
 
 
 def to_home(obj: Any, label: str, home: Any, allow_copy: bool, copies: list[str]) -> Any:
@@ -100,10 +106,11 @@ def share(engine: Any, arr: Any, home: Any, label: str, allow_copy: bool, copies
 
 def build(
     a: Any, x: Any, axis: Any, out: Any, backend: Optional[str], copy: object, choose: Optional[Chooser] = None,
-    *, engine: Optional[str] = None,
+    op: str = "N", *, engine: Optional[str] = None,
 ) -> Call:
-    """Check a call and decide everything about it; nothing is computed.  ``choose`` gives
-    the engine of a call with ``backend="fastest"`` (without it: the home library's);
+    """Check a call of ``y = op(A) @ x`` and decide everything about it; nothing is
+    computed.  ``choose`` gives the engine of a call with ``backend="fastest"`` (without it:
+    the home library's); ``op`` is checked by the caller (:func:`batchmv._checks.check_op`);
     ``engine`` names the engine outright, skipping the selection rules (a prepared
     operator's, which may be an array-API library's that ``backend=`` cannot name)."""
     allow_copy = check_copy(copy)
@@ -119,7 +126,7 @@ def build(
     x_h = to_home(x, "x", home, allow_copy, copies)
     a_h = to_home(a, "A", home, allow_copy, copies)
 
-    ax, y_shape = check_shapes(home.shape(a_h), home.shape(x_h), axis)
+    ax, y_shape = check_shapes(op_shape(home.shape(a_h), op), home.shape(x_h), axis)
     if home.device(a_h) != home.device(x_h):
         raise TypeError(
             f"A is on {home.device(a_h)} and x on {home.device(x_h)}; batchmv never moves data between devices"
@@ -139,7 +146,7 @@ def build(
             engine_name = home.name
             notes.append(f"fastest: {home.name}, the home library's engine (this caller does not measure)")
         else:
-            engine_name, why = choose(home, a_h, x_h, ax, dtype)
+            engine_name, why = choose(home, a_h, x_h, ax, dtype, op)
             notes.append(why)
     engine = _registry.get_engine(engine_name)
     if engine is home:
@@ -176,9 +183,12 @@ def build(
         ]
         copies.extend(casts)
         refuse_copies(copies, allow_copy)  # casts, or an out= the engine cannot write
-        return Call(home, engine, a_e, x_e, out, None, ax, dtype, y_shape, None, tracks, tuple(copies), tuple(notes))
+        return Call(home, engine, a_e, x_e, out, None, ax, dtype, y_shape, None, tracks, tuple(copies), tuple(notes), op)
 
-    a_cast = _cast_reason(engine, a_e, "A", dtype)
+    a_op, conj = engine.operand(a_e, op)  # a view of op(A), and whether to conjugate it
+    if conj != (op in ("H", "C") and engine.is_complex(a_e)):
+        notes.append("A has torch's lazy conjugate bit: its memory is read as it is and the GEMM conjugates it (below)")
+    a_cast = _cast_reason(engine, a_op, "A", dtype)
     x_cast = _cast_reason(engine, x_e, "x", dtype)
     out_strides = None
     if out_e is not None:
@@ -188,7 +198,7 @@ def build(
         else:
             out_strides = engine.strides(out_e)
     sched = _layout.schedule(
-        engine.shape(a_e), engine.strides(a_e), engine.shape(x_e), engine.strides(x_e), ax,
+        engine.shape(a_op), engine.strides(a_op), engine.shape(x_e), engine.strides(x_e), ax,
         out_strides, engine.needs_blas_layout(dtype), a_cast, x_cast,
     )  # fmt: skip
     copies[:0] = [c for c in (sched.a_copy, sched.x_copy) if c]
@@ -200,7 +210,32 @@ def build(
     if sched.zero_axes:
         notes.append(f"x has stride 0 along axes {sched.zero_axes}: each distinct vector is multiplied once, then broadcast")
     refuse_copies(copies, allow_copy)
-    return Call(home, engine, a_e, x_e, out, out_e, ax, dtype, y_shape, sched, tracks, tuple(copies), tuple(notes))
+    how, temps = _conjugation(engine, a_op, sched, y_shape[ax]) if conj else (None, ())
+    if how == "xy" and not sched.x_copy and not allow_copy:  # (an input-sized temporary, as copies are)
+        raise CopyRequiredError(
+            f"copy=False, but this call needs a temporary: {temps[0]}. Pass copy=None to allow it"
+            + ("" if engine.name == "numpy" else ", or give A Fortran order (A = B.T), which BLAS conjugates in place")
+        )
+    return Call(
+        home, engine, a_e, x_e, out, out_e, ax, dtype, y_shape, sched, tracks, tuple(copies), tuple(notes), op, how, temps
+    )
+
+
+def _conjugation(engine: Any, a_op: Any, sched: _layout.Schedule, m: int) -> tuple[str, tuple[str, ...]]:
+    """How the GEMM of ``sched`` conjugates op(A), and the temporaries that costs (see
+    :attr:`Call.conj`): never a copy of A that the call would not make anyway."""
+    if sched.a_copy:
+        return "copy", ("A: its copy (above) is conjugated in place",)
+    n = sched.view_shape[-1]
+    x2_strides = (n, 1) if sched.x_copy else sched.x2_strides
+    if engine.conj_flag(sched.rows, x2_strides, a_op, sched.y2_strides):
+        return "flag", ()
+    x_temp = (
+        "x: its copy (above) is conjugated in place" if sched.x_copy else
+        f"x: conjugated into a new buffer of the vectors' size, shape {(*sched.loop_shape, sched.rows, n)} "
+        f"({engine.name}: {engine.conj_note}); conj(A) @ x is computed as conj(A @ conj(x)), A is not copied"
+    )  # fmt: skip
+    return "xy", (x_temp, f"y: conjugated in place after the GEMM ({sched.rows * sched.gemm_calls} vectors of {m})")
 
 
 def compiling_engine(a: Any, x: Any) -> Any:

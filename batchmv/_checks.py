@@ -52,6 +52,42 @@ def refuse_copies(copies: Iterable[str], allow_copy: bool) -> None:
         raise CopyRequiredError("copy=False, but this call needs copies: " + "; ".join(copies))
 
 
+#: The operations on A a call can apply: ``y = op(A) @ x``.  "N": A; "T": its transpose;
+#: "H": its conjugate transpose (the adjoint); "C": its elementwise conjugate (what
+#: ``MatVec.T.H`` is; not accepted by the public functions).
+OPS = ("N", "T", "H", "C")
+#: op(A) for the transpose and for the adjoint of op(A).
+TRANSPOSE_OF = {"N": "T", "T": "N", "H": "C", "C": "H"}
+ADJOINT_OF = {"N": "H", "H": "N", "T": "C", "C": "T"}
+
+
+def check_op(op: object, public: bool = True) -> str:
+    """``op`` as one of "N", "T", "H" ("C" too when not ``public``).
+
+    Raises TypeError when ``op`` is not a string, ValueError for any other string.
+
+    >>> check_op("H")
+    'H'
+    """
+    allowed = OPS if not public else OPS[:3]
+    if not isinstance(op, str):
+        raise TypeError(f"op must be a string, one of {', '.join(map(repr, allowed))}; got {type(op).__name__}")
+    if op not in allowed:
+        raise ValueError(
+            f"op must be 'N' (y = A x), 'T' (y = A^T x) or 'H' (y = A^H x, the conjugate transpose); got {op!r}"
+        )
+    return op
+
+
+def op_shape(a_shape: tuple[int, ...], op: str) -> tuple[int, ...]:
+    """The shape of op(A) for A of ``a_shape`` (transposed for "T" and "H").
+
+    >>> op_shape((3, 5), "H")
+    (5, 3)
+    """
+    return tuple(reversed(a_shape)) if op in ("T", "H") and len(a_shape) == 2 else tuple(a_shape)
+
+
 def normalize_axis(axis: Any, shape: tuple[int, ...]) -> int:
     """``axis`` of an array of ``shape`` as a non-negative index.
 

@@ -30,6 +30,8 @@ class Engine:
     strided: bool = False  #: whether calls run as GEMMs on strided views (StridedEngine)
     expression_kernel: str = "matmul"  #: the kernel ``plan`` reports for an expression call
     expression_note: str = "computed with the library's matmul on A's transposed view; batchmv cannot observe its layout"
+    #: why this engine's GEMM cannot conjugate A with a BLAS flag where :meth:`conj_flag` says no
+    conj_note: str = "its GEMM has no conjugate flag"
 
     # -- questions about native arrays ----------------------------------------------------
     def is_native(self, obj: Any) -> bool:
@@ -94,8 +96,11 @@ class Engine:
         return None
 
     def must_copy(self, a: Any) -> Optional[str]:
-        """Why the GEMM cannot read ``a`` as it is whatever its strides (a lazy conjugate bit)."""
+        """Why the GEMM cannot read ``a`` as it is whatever its strides (torch's lazy negative bit)."""
         return None
+
+    def is_complex(self, a: Any) -> bool:
+        return getattr(self.dtype_of(a), "kind", "") == "c"
 
     # -- crossing libraries -----------------------------------------------------------------
     def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[Any, Optional[str]]:
@@ -136,14 +141,18 @@ class Engine:
         """``dst[...] = src`` with numpy broadcasting."""
         raise TypeError(f"{self.name} arrays cannot be written")
 
-    def expression(self, a: Any, x: Any, axis: int) -> Any:
-        """``y = A @ x`` along ``axis`` with the array API standard's functions in the
-        arrays' namespace: ``moveaxis(matmul(moveaxis(x, axis, -1), matrix_transpose(A)), -1, axis)``."""
+    def expression(self, a: Any, x: Any, axis: int, op: str = "N") -> Any:
+        """``y = op(A) @ x`` along ``axis`` with the array API standard's functions in the
+        arrays' namespace: ``moveaxis(matmul(moveaxis(x, axis, -1), matrix_transpose(A)), -1, axis)``
+        for op "N"; A itself for "T"; for "H" and "C" on complex arrays the conjugate goes
+        on x and y (``conj(A) @ x == conj(A @ conj(x))``), never on A."""
         import array_api_compat
 
         xp = array_api_compat.array_namespace(a, x)
-        y = xp.matmul(xp.moveaxis(x, axis, -1), xp.matrix_transpose(a))
-        return xp.moveaxis(y, -1, axis)
+        conj = op in ("H", "C") and xp.isdtype(a.dtype, "complex floating")
+        v = xp.moveaxis(x, axis, -1)
+        y = xp.matmul(xp.conj(v) if conj else v, a if op in ("T", "H") else xp.matrix_transpose(a))
+        return xp.moveaxis(xp.conj(y) if conj else y, -1, axis)
 
 
 class StridedEngine(Engine):
@@ -179,9 +188,38 @@ class StridedEngine(Engine):
         """A C-ordered copy of ``a`` as ``dtype`` (lazy conjugate/negative bits resolved)."""
         return a.astype(dtype, order="C", copy=True)
 
-    def gemm(self, x2: Any, a: Any, out: Any = None) -> Any:
+    def gemm(self, x2: Any, a: Any, out: Any = None, conj: bool = False, trans: bool = True) -> Any:
         """One GEMM ``x2 @ a.T`` on the views as they are (A read through its transposed
-        view), into ``out`` when given, else into a new array of this library."""
+        view), into ``out`` when given, else into a new array of this library.
+        ``trans=False``: ``x2 @ a`` (op "T" and "H" pass A itself).  ``conj``: the second
+        operand conjugated through BLAS's conjugate flag (only where :meth:`conj_flag`
+        said yes)."""
+        raise NotImplementedError
+
+    # -- op(A): transpose and conjugate without copying A ----------------------------------
+    def plain(self, a: Any) -> tuple[Any, bool]:
+        """(A's memory as an array without lazy flags, whether A was lazily conjugated)."""
+        return a, False
+
+    def operand(self, a: Any, op: str) -> tuple[Any, bool]:
+        """(a view of op(A) for the GEMM, whether the GEMM must conjugate it): the
+        transpose is a view; the conjugate is a flag, applied by :meth:`conj_flag`'s BLAS
+        flag or by conjugating x and y (never by conjugating A)."""
+        a, lazy = self.plain(a)
+        view = self.permute(a, (1, 0)) if op in ("T", "H") else a
+        return view, (op in ("H", "C") and self.is_complex(a)) != lazy
+
+    def conj_flag(self, rows: int, x2_strides: tuple, a: Any, y2_strides: tuple) -> bool:
+        """Whether :meth:`gemm` computes ``x2 @ conj(a.T)`` with BLAS's conjugate flag on
+        views of these strides, reading ``a`` in place (numpy's matmul has no such flag)."""
+        return False
+
+    def conj_copy(self, x2: Any) -> Any:
+        """``conj(x2)`` in a new C-ordered array (a temporary the size of the vectors)."""
+        raise NotImplementedError
+
+    def conj_inplace(self, y: Any, tracked: bool = False) -> Any:
+        """``conj(y)``, written over ``y`` (a new array when ``tracked``: autograd graphs)."""
         raise NotImplementedError
 
     def stack(self, parts: list, shape: tuple[int, ...]) -> Any:

@@ -250,8 +250,8 @@ def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
 
 #: Largest value cuBLAS's 32-bit GEMM API takes for a size or a leading dimension.
 CUBLAS_INT_MAX = 2**31 - 1
-#: cuBLAS's operation codes (``cublasOperation_t``).
-CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+#: cuBLAS's operation codes (``cublasOperation_t``): C is the conjugate transpose.
+CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_OP_C = 0, 1, 2
 
 
 class CublasGemm(NamedTuple):
@@ -285,10 +285,19 @@ def _column_major(rows: int, cols: int, row_stride: int | None, col_stride: int 
     return None
 
 
+def _transposed_ld(rows: int, cols: int, row_stride: int | None, col_stride: int | None) -> int | None:
+    """The leading dimension under which cuBLAS reads a (rows, cols) view with op T (its
+    transpose (cols, rows) column-major), or None."""
+    if (cols <= 1 or col_stride == 1) and (rows <= 1 or (row_stride is not None and row_stride >= max(1, cols))):
+        return max(1, cols) if rows <= 1 else row_stride
+    return None
+
+
 def cublas_args(
-    rows: int, n: int, m: int, x2_strides: Strides, a_t_strides: Strides, y2_strides: Strides
+    rows: int, n: int, m: int, x2_strides: Strides, a_t_strides: Strides, y2_strides: Strides, conj: bool = False
 ) -> CublasGemm:
-    """The column-major GEMM that computes ``Y2 = X2 @ A.T`` in place on the three views.
+    """The column-major GEMM that computes ``Y2 = X2 @ A.T`` in place on the three views
+    (``Y2 = X2 @ conj(A.T)`` with ``conj``).
 
     ``X2`` is (rows, n), ``A.T`` is (n, m), ``Y2`` is (rows, m); strides are in elements.
     cuBLAS sees memory column-major: a row-major (rows, m) ``Y2`` *is* the column-major
@@ -298,6 +307,10 @@ def cublas_args(
     leading dimension shorter than the extent it jumps over) raises ValueError; a size or
     leading dimension beyond cuBLAS's 32-bit arguments raises OverflowError.  Pure
     arithmetic on tuples: importing or calling it needs no GPU library.
+
+    ``conj``: BLAS conjugates an operand only together with transposing it (op C), so
+    ``conj(A.T)`` is read with op C where the memory of ``A.T`` is read with op T;
+    where it would be read with op N, ValueError (:func:`conj_readable` says which).
 
     >>> cublas_args(10, 4, 3, (4, 1), (1, 4), (3, 1))  # C-ordered x, A and y
     CublasGemm(transa=1, transb=0, m=3, n=10, k=4, first='a_t', lda=4, second='x2', ldb=4, ldc=3)
@@ -318,8 +331,32 @@ def cublas_args(
         if lay is None:
             raise ValueError(f"{'X2' if name == 'x2' else 'A.T'} {shape} with strides {strides} is not BLAS-readable")
     assert lay1 is not None and lay2 is not None
-    call = CublasGemm(lay1[0], lay2[0], gm, gn, n, first, lay1[1], second, lay2[1], ldc)
+    ops, lds = [lay1[0], lay2[0]], [lay1[1], lay2[1]]
+    if conj:
+        which = 0 if first == "a_t" else 1
+        if ops[which] == CUBLAS_OP_N:  # a row or column of A reads either way: try op T
+            r, c, rs, cs = shapes[which][1:]
+            ld = _transposed_ld(r, c, rs, cs)
+            if ld is None:
+                raise ValueError("A.T is read with op N here, and BLAS conjugates only a transposed operand (op C)")
+            lds[which] = ld
+        ops[which] = CUBLAS_OP_C
+    call = CublasGemm(ops[0], ops[1], gm, gn, n, first, lds[0], second, lds[1], ldc)
     big = [f"{k}={v}" for k, v in call._asdict().items() if isinstance(v, int) and v > CUBLAS_INT_MAX]
     if big:
         raise OverflowError(f"cuBLAS takes 32-bit sizes and leading dimensions; this GEMM needs {', '.join(big)}")
     return call
+
+
+def conj_readable(rows: int, n: int, m: int, x2_strides: Strides, a_t_strides: Strides, y2_strides: Strides) -> bool:
+    """Whether a column-major BLAS (cuBLAS) computes ``Y2 = X2 @ conj(A.T)`` on these
+    views with its conjugate flag, reading A in place (see :func:`cublas_args`).
+
+    >>> conj_readable(10, 4, 3, (4, 1), (1, 4), (3, 1)), conj_readable(10, 4, 3, (4, 1), (3, 1), (3, 1))
+    (True, False)
+    """
+    try:
+        cublas_args(rows, n, m, x2_strides, a_t_strides, y2_strides, conj=True)
+    except (ValueError, OverflowError):
+        return False
+    return True

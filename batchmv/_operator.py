@@ -1,24 +1,35 @@
-"""Prepared operators: :func:`prepare` checks A and shares it with its engine once."""
+"""Prepared operators: :func:`prepare` checks A and shares it with its engine once; the
+operator it returns is a linear operator (:mod:`batchmv._linop`): ``T``, ``H``, SciPy's
+products, ``@``, and a JAX pytree whose one leaf is A."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import _cache, _call, _registry, _run, _select
-from ._checks import check_copy, check_shapes
+from . import _cache, _call, _linop, _registry, _run, _select
+from ._checks import ADJOINT_OF, TRANSPOSE_OF, check_copy, check_shapes, op_shape
 from ._plan import Plan, describe
 
 #: Kinds of call (layouts of x) a prepared operator remembers, at most.
 _MAX_LAYOUTS = 64
+_OP_NAMES = {"N": "A", "T": "A^T", "H": "A^H", "C": "conj(A)"}
 
 
-class MatVec:
-    """``x -> A @ x`` along an axis, for one fixed A (see :func:`prepare`).
+class MatVec(_linop.LinearOperatorMixin):
+    """``x -> op(A) @ x`` along an axis, for one fixed A (see :func:`prepare`): a linear
+    operator of shape ``op(A).shape`` and dtype ``A.dtype`` (A's own library's dtype).
 
     The engine is chosen when the operator is prepared.  A call on an array of the engine's
     own library, with no ``out``, that runs as one kernel without a copy is remembered per
     signature of x (``Engine.signature``: shape, strides, dtype, device, grad state); its
     repeats run that kernel directly: one dictionary look-up, the views and one GEMM.
+
+    ``op.T`` and ``op.H`` are the transpose and the adjoint: operators on the same prepared
+    A (nothing is copied; ``op.H.H is op``).  ``matvec``, ``rmatvec``, ``matmat``,
+    ``rmatmat`` and ``@`` follow SciPy (:class:`batchmv._linop.LinearOperatorMixin`), so
+    ``scipy.sparse.linalg`` solvers take the operator as it is.  When JAX is imported, the
+    class is a JAX pytree: A is its leaf, the engine, ``copy`` and the op its static data,
+    so ``jax.jit``, ``vmap`` and ``grad`` take operators as arguments.
     """
 
     def __init__(self, A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> None:
@@ -32,23 +43,52 @@ class MatVec:
         a_h = _call.to_home(A, "A", home, copy is None, [])
         shape = home.shape(a_h)
         check_shapes(shape, shape[-1:], -1)
+        shared = a_h if engine is home else _call.share(engine, a_h, home, "A", copy is None, [])
+        self._set(A, engine, shared, copy, "N", {})
+        _linop.register_with_jax(type(self))
+
+    def _set(self, A: Any, engine: Any, shared: Any, copy: Optional[bool], op: str, family: dict) -> None:
         self.A = A
         self.backend = engine.name
         self.copy = copy
+        self.op = op  #: "N", "T", "H" or "C": this operator is op(A)
         self._engine = engine
-        self._shared = a_h if engine is home else _call.share(engine, a_h, home, "A", copy is None, [])
+        self._shared = shared
         self._runners = _cache.Runners(_MAX_LAYOUTS)
+        self._family = family  # the operators on this A, one per op (T and H return them)
+        family[op] = self
+
+    def _with_op(self, op: str) -> MatVec:
+        other = self._family.get(op)
+        if other is None:
+            other = object.__new__(type(self))
+            other._set(self.A, self._engine, self._shared, self.copy, op, self._family)
+        return other
+
+    @property
+    def T(self) -> MatVec:
+        """The transpose A^T: the same prepared A, nothing copied."""
+        return self._with_op(TRANSPOSE_OF[self.op])
+
+    @property
+    def H(self) -> MatVec:
+        """The adjoint (conjugate transpose) A^H: the same prepared A, nothing copied."""
+        return self._with_op(ADJOINT_OF[self.op])
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self._engine.shape(self._shared)
+        return op_shape(self._engine.shape(self._shared), self.op)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> Any:
+        return self._engine.dtype_of(self._shared)
 
     def __repr__(self) -> str:
         m, n = self.shape
-        return f"<batchmv.MatVec ({m}, {n}) on the {self.backend} engine>"
+        return f"<batchmv.MatVec {_OP_NAMES[self.op]}, shape ({m}, {n}), on the {self.backend} engine>"
 
     def __call__(self, x: Any, *, axis: int = -1, out: Any = None) -> Any:
-        """``matvec(A, x, axis=axis, out=out)`` on the prepared engine."""
+        """``matvec(A, x, axis=axis, out=out, op=self.op)`` on the prepared engine."""
         engine, shared = self._engine, self._shared
         key = None
         if out is None and type(axis) is int and engine.is_native(x):
@@ -60,7 +100,7 @@ class MatVec:
                     return run(shared, x)
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
-            return adapter.matvec(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy)
+            return adapter.matvec(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
         call = self._build(x, axis, out)
         run = self._runners.remember(key, call, shared, x) if key is not None else None
         return run(shared, x) if run is not None else _run.execute(call)
@@ -69,23 +109,42 @@ class MatVec:
         """What ``self(x, axis=axis, out=out)`` does, computing nothing."""
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:
-            return adapter.plan(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy)
+            return adapter.plan(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
         return describe(self._build(x, axis, out))
 
     def _build(self, x: Any, axis: int, out: Any) -> Any:
         a = self._shared if _registry.library_of(x) == self.backend else self.A
-        return _call.build(a, x, axis, out, None, self.copy, engine=self.backend)
+        return _call.build(a, x, axis, out, None, self.copy, op=self.op, engine=self.backend)
 
     @property
     def _nameable(self) -> Optional[str]:
         """The engine as ``backend=`` names it (None for an array-API library's own engine)."""
         return self.backend if self.backend in _registry.ENGINES else None
 
+    # -- JAX pytree (registered by _linop.register_with_jax) ----------------------------------
+    def _tree_flatten(self) -> tuple[tuple[Any], tuple]:
+        return (self._shared,), (self.backend, self.copy, self.op)
+
+    @classmethod
+    def _tree_unflatten(cls, aux: tuple, children: tuple) -> MatVec:
+        # (JAX passes any objects as leaves here, tracers and placeholders: nothing is checked)
+        backend, copy, op = aux
+        (leaf,) = children
+        obj = object.__new__(cls)
+        obj._set(leaf, _registry.get_engine(backend), leaf, copy, op, {})
+        return obj
+
 
 def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> MatVec:
     """Check ``A`` once and share it with its engine once; call the result like ``matvec``.
 
-    For the time-series use: one matrix applied thousands of times to small batches.
+    For the time-series use: one matrix applied thousands of times to small batches, and
+    for solvers: the result is a linear operator (:class:`MatVec`: ``op.T``, ``op.H``,
+    ``matvec``/``rmatvec``/``matmat``/``rmatmat``, ``@``) that ``scipy.sparse.linalg``
+    takes as it is, and a JAX pytree when JAX is imported.  Raises what :func:`matvec`
+    raises for A (ValueError when A is not 2-D, TypeError for arrays no engine takes,
+    :class:`CopyRequiredError` with ``copy=False`` where sharing A with the engine needs a
+    copy), and ValueError for ``backend="fastest"``.
 
     >>> import numpy as np, batchmv
     >>> op = batchmv.prepare(np.array([[1.0, 2.0], [3.0, 4.0]]))
@@ -93,5 +152,7 @@ def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = Non
     [[1.0, 3.0], [2.0, 4.0]]
     >>> op.plan(np.ones(2)).kernel
     'gemm'
+    >>> op.T @ np.array([1.0, 0.0]), op.H.H is op, op.shape
+    (array([1., 2.]), True, (2, 2))
     """
     return MatVec(A, backend=backend, copy=copy)

@@ -19,10 +19,12 @@ class OperandView:
     order: str | None  #: "row-major", "col-major" (BLAS reads it as is) or None
     offset: int | None  #: byte offset of the first element in its buffer (None: not allocated yet)
     source: str  #: what the view points into
+    conj: bool = False  #: read with BLAS's conjugate flag (op C: conjugate transpose)
 
     def describe(self) -> str:
         where = f"new buffer ({self.source})" if self.offset is None else f"offset {self.offset} B in {self.source}"
         flag = {"row-major": "N (row-major)", "col-major": "T (col-major)", None: "any strides"}[self.order]
+        flag = f"C ({self.order}, conj)" if self.conj else flag
         return f"  {self.name:<4} shape={self.shape!s:<14} strides={self.strides!s:<12} blas={flag:<15} {where}"
 
 
@@ -47,20 +49,40 @@ class Plan:
     views: tuple[OperandView, ...] = field(default=())
     notes: tuple[str, ...] = field(default=())
     blocks: int = 1  #: separately computed blocks (dask: one matvec call per block, views of the first)
+    op: str = "N"  #: y = op(A) @ x: "N" (A), "T" (A^T), "H" (A^H, conjugate transpose), "C" (conj(A))
+    #: buffers the call allocates besides y and the copies (the conjugated vectors of an
+    #: adjoint where the GEMM has no conjugate flag), each with its reason; copy=False
+    #: refuses a new one (CopyRequiredError), as it refuses copies
+    temporaries: tuple[str, ...] = field(default=())
+    gemm: str = "Y2 = X2 @ A.T"  #: what the GEMM computes on the views
 
     def __str__(self) -> str:
         lines = [
-            f"batchmv plan: {self.home} result, {self.backend} engine, dtype {self.dtype}",
+            f"batchmv plan: {self.home} result, {self.backend} engine, dtype {self.dtype}"
+            + (f", y = {_OP_TEXT[self.op]}" if self.op != "N" else ""),
             f"  kernel: {self.kernel} ({self.gemm_calls} call{'s' if self.gemm_calls != 1 else ''}"
             + (f" in {self.blocks} blocks" if self.blocks != 1 else "") + "), "
             f"{self.flops:,} flops, {self.bytes:,} bytes minimum traffic",
-            *(["  views (Y2 = X2 @ A.T):"] if self.views else []),
+            *([f"  views ({self.gemm}):"] if self.views else []),
             *("  " + v.describe() for v in self.views),
             "  copies: " + ("none" if not self.copies else ""),
             *(f"    - {c}" for c in self.copies),
+            *(["  temporaries:"] if self.temporaries else []),
+            *(f"    - {t}" for t in self.temporaries),
             *(f"  note: {n}" for n in self.notes),
         ]
         return "\n".join(lines)
+
+
+_OP_TEXT = {"N": "A x", "T": "A^T x", "H": "A^H x", "C": "conj(A) x"}
+
+
+def _gemm_text(op: str, conj: Any) -> str:
+    """The GEMM on the views, in terms of the caller's A (see :attr:`batchmv._call.Call.conj`)."""
+    b = "A" if op in ("T", "H") else "A.T"
+    if conj in ("flag", "copy"):
+        return f"Y2 = X2 @ conj({b})"
+    return f"Y2 = conj(conj(X2) @ {b})" if conj == "xy" else f"Y2 = X2 @ {b}"
 
 
 def describe(call: Any) -> Plan:
@@ -77,18 +99,24 @@ def describe(call: Any) -> Plan:
         return Plan(
             backend=eng.name, kernel=eng.expression_kernel, copies=call.copies, flops=flops,
             bytes=itemsize * (m * n + batch * (n + m)), home=call.home.name, dtype=str(call.dtype),
-            notes=call.notes,
+            notes=call.notes, op=call.op, gemm=_gemm_text(call.op, None),
         )  # fmt: skip
+    a_op, _ = eng.operand(call.a, call.op) if call.op != "N" or call.conj else (call.a, False)
+    m, n = eng.shape(a_op)
     distinct = sched.rows * sched.gemm_calls
-    a_strides = eng.strides(call.a)
+    a_strides = eng.strides(a_op)
+    conj_x = call.conj == "xy" and not sched.x_copy
     views = (
         OperandView(
-            "A.T", (n, m), (a_strides[1], a_strides[0]) if not sched.a_copy else (1, n), sched.a_order,
-            None if sched.a_copy else eng.address(call.a)[1], "copy of A" if sched.a_copy else "A",
+            "A" if call.op in ("T", "H") else "A.T", (n, m),
+            (a_strides[1], a_strides[0]) if not sched.a_copy else (1, n), sched.a_order,
+            None if sched.a_copy else eng.address(a_op)[1], "copy of A" if sched.a_copy else "A",
+            call.conj == "flag",
         ),
         OperandView(
-            "X2", (sched.rows, n), sched.x2_strides if not sched.x_copy else (n, 1), sched.x_order,
-            None if sched.x_copy else eng.address(call.x)[1], "copy of x" if sched.x_copy else "x",
+            "X2", (sched.rows, n), sched.x2_strides if not (sched.x_copy or conj_x) else (n, 1), sched.x_order,
+            None if sched.x_copy or conj_x else eng.address(call.x)[1],
+            "conj(x)" if conj_x else "copy of x" if sched.x_copy else "x",
         ),
         OperandView(
             "Y2", (sched.rows, m), sched.y2_strides, "row-major" if not sched.out_direct else _layout.blas_order(
@@ -107,4 +135,7 @@ def describe(call: Any) -> Plan:
         gemm_calls=sched.gemm_calls,
         views=views,
         notes=call.notes,
+        op=call.op,
+        temporaries=call.temporaries,
+        gemm=_gemm_text(call.op, call.conj),
     )

@@ -30,11 +30,11 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     array([[ 3., 12., 21.],
            [ 3., 12., 21.]])
     """
-    eng, sched, axis = call.engine, call.schedule, call.axis
+    eng, sched, axis, op, conj = call.engine, call.schedule, call.axis, call.op, call.conj
     if eng is not call.home or call.out is not None or call.copies:
         return None
     if sched is None:
-        return lambda a, x: eng.expression(a, x, axis)
+        return lambda a, x: eng.expression(a, x, axis, op)
     if sched.loop_shape or sched.zero_axes:
         return None
     perm, view_shape, split_shape = sched.perm, sched.view_shape, sched.split_shape
@@ -42,13 +42,20 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     view_x = tuple(eng.shape(call.x)[i] for i in perm) != view_shape
     view_y = split_shape != (sched.rows, call.y_shape[axis])
     unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute_x else None
-    if not (permute_x or view_x or view_y):
+    plain = op != "N" or conj is not None  # A's memory without torch's lazy conjugate bit
+    if not (permute_x or view_x or view_y or plain):
         return lambda a, x: eng.gemm(x, a)  # x is the GEMM's X2 and its result is y
+    gemm, tracked = _gemm(eng, op, conj), call.tracks_graph
 
     def run(a: Any, x: Any) -> Any:
+        if plain:
+            a = eng.plain(a)[0]
         if permute_x:
             x = eng.permute(x, perm)
-        y = eng.gemm(eng.view(x, view_shape) if view_x else x, a)
+        x2 = eng.view(x, view_shape) if view_x else x
+        y = gemm(eng.conj_copy(x2) if conj == "xy" else x2, a)
+        if conj == "xy":
+            y = eng.conj_inplace(y, tracked)
         if view_y:
             y = eng.view(y, split_shape)
         return eng.permute(y, unperm) if unperm else y
@@ -56,38 +63,59 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     return run
 
 
+def _gemm(eng: Any, op: str, conj: Any, copied: bool = False) -> Any:
+    """The engine's GEMM for op(A) on A itself (``trans=False`` for op "T"/"H", whose
+    GEMM reads A as it is; a copy of A is C-ordered op(A)), with the conjugate flag where
+    the call uses it; keywords only where they differ from the defaults."""
+    kw = {"trans": False} if op in ("T", "H") and not copied else {}
+    if conj == "flag":
+        kw["conj"] = True
+    if not kw:
+        return lambda x2, a, out=None: eng.gemm(x2, a, out)
+    return lambda x2, a, out=None: eng.gemm(x2, a, out, **kw)  # (eng.gemm looked up per call)
+
+
 def execute(call: Call) -> Any:
     """Run a built call and return the result (``out`` itself when given)."""
     run = runner(call)
     if run is not None:
         return run(call.a, call.x)
-    eng, sched = call.engine, call.schedule
+    eng, sched, conj, tracked = call.engine, call.schedule, call.conj, call.tracks_graph
     if sched is None:
         a, x = call.a, call.x
         a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
-        return _deliver(call, eng.expression(a, x, call.axis))
+        return _deliver(call, eng.expression(a, x, call.axis, call.op))
     a, x = call.a, call.x
-    if sched.a_copy:
-        a = eng.c_order_copy(a, call.dtype)
+    if call.op != "N" or conj is not None:
+        a = eng.plain(a)[0]
+    if sched.a_copy:  # a C-ordered copy of op(A) (without its conjugate)
+        a = eng.c_order_copy(eng.permute(a, (1, 0)) if call.op in ("T", "H") else a, call.dtype)
+        if conj == "copy":
+            a = eng.conj_inplace(a, tracked)
     if sched.zero_axes:
         x = eng.take_first(x, sched.zero_axes)
     if sched.x_copy:
         x = eng.vectors_last_copy(x, call.axis, call.dtype)
     x2 = _reshape(eng, x, sched.perm, sched.view_shape)
+    if conj == "xy":  # conj(A) @ x == conj(A @ conj(x)): conjugate x (its copy in place), later y
+        x2 = eng.conj_inplace(x2, tracked) if sched.x_copy else eng.conj_copy(x2)
     r_shape = (*sched.loop_shape, sched.rows, call.y_shape[call.axis])
     direct = call.out_e is not None and sched.out_direct
     r2 = _reshape(eng, call.out_e, sched.perm, r_shape) if direct else None
     if r2 is None and eng is not call.home:  # a result another library adopts
         r2 = eng.empty(r_shape, call.dtype, x)
+    gemm = _gemm(eng, call.op, conj, copied=bool(sched.a_copy))
     if not sched.loop_shape:
-        r2 = eng.gemm(x2, a, r2)
-    elif call.tracks_graph:
-        r2 = eng.stack([eng.gemm(x2[i], a) for i in itertools.product(*map(range, sched.loop_shape))], r_shape)
+        r2 = gemm(x2, a, r2)
+    elif tracked:
+        r2 = eng.stack([gemm(x2[i], a) for i in itertools.product(*map(range, sched.loop_shape))], r_shape)
     else:
         if r2 is None:
             r2 = eng.empty(r_shape, call.dtype, x)
         for i in itertools.product(*map(range, sched.loop_shape)):
-            eng.gemm(x2[i], a, r2[i])
+            gemm(x2[i], a, r2[i])
+    if conj == "xy":
+        r2 = eng.conj_inplace(r2, tracked)
     if direct:
         return call.out
     y = eng.view(r2, sched.split_shape) if sched.split_shape != r_shape else r2

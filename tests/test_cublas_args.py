@@ -23,7 +23,7 @@ import pytest
 
 import batchmv
 import support
-from batchmv._layout import CUBLAS_INT_MAX, CUBLAS_OP_N, CUBLAS_OP_T, CublasGemm, cublas_args
+from batchmv._layout import CUBLAS_INT_MAX, CUBLAS_OP_C, CUBLAS_OP_N, CUBLAS_OP_T, CublasGemm, conj_readable, cublas_args
 
 
 def _stored(buf: np.ndarray, offset: int, rows: int, cols: int, ld: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +37,7 @@ def _stored(buf: np.ndarray, offset: int, rows: int, cols: int, ld: int) -> tupl
 
 def emulate(call: CublasGemm, operands: dict[str, tuple[np.ndarray, int]], c_buf: np.ndarray, c_off: int) -> np.ndarray:
     """``C = op(A) @ op(B)`` as cuBLAS defines it (alpha 1, beta 0); returns C's indices."""
-    assert call.transa in (CUBLAS_OP_N, CUBLAS_OP_T) and call.transb in (CUBLAS_OP_N, CUBLAS_OP_T)
+    assert call.transa in (CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_OP_C) and call.transb in (CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_OP_C)
     assert {call.first, call.second} == {"x2", "a_t"}
     a_rows, a_cols = (call.m, call.k) if call.transa == CUBLAS_OP_N else (call.k, call.m)
     b_rows, b_cols = (call.k, call.n) if call.transb == CUBLAS_OP_N else (call.n, call.k)
@@ -48,8 +48,8 @@ def emulate(call: CublasGemm, operands: dict[str, tuple[np.ndarray, int]], c_buf
     assert call.ldc >= max(1, call.m), call
     a, _ = _stored(*operands[call.first], a_rows, a_cols, call.lda)
     b, _ = _stored(*operands[call.second], b_rows, b_cols, call.ldb)
-    op_a = a if call.transa == CUBLAS_OP_N else a.T
-    op_b = b if call.transb == CUBLAS_OP_N else b.T
+    op_a = a if call.transa == CUBLAS_OP_N else a.T if call.transa == CUBLAS_OP_T else a.conj().T
+    op_b = b if call.transb == CUBLAS_OP_N else b.T if call.transb == CUBLAS_OP_T else b.conj().T
     _, c_idx = _stored(c_buf, c_off, call.m, call.n, call.ldc)
     c_buf[c_idx] = op_a @ op_b
     return c_idx
@@ -102,6 +102,41 @@ def test_parameters_compute_y2_on_every_readable_layout(rows, n, m):
         untouched = np.ones(y_buf.size, bool)
         untouched[y_idx.ravel()] = False
         assert np.isnan(y_buf[untouched]).all(), f"{label}: wrote outside Y2"
+
+
+@pytest.mark.parametrize("rows, n, m", SIZES, ids=lambda v: str(v))
+def test_conjugate_flag_reads_a_in_place_or_is_refused(rows, n, m):
+    """With ``conj``, Y2 = X2 @ conj(A.T) through op C wherever cuBLAS reads A.T's memory
+    transposed; elsewhere ValueError (the engine then conjugates x and y instead), and
+    ``conj_readable`` says which in advance."""
+    rng = np.random.default_rng(rows * 100 + n * 10 + m)
+    readable = 0
+    for x_name, a_name, y_name in itertools.product(LAYOUTS, repeat=3):
+        x_strides, a_strides, y_strides = LAYOUTS[x_name](rows, n), LAYOUTS[a_name](n, m), LAYOUTS[y_name](rows, m)
+        x_buf, x_off, x2 = _view(rng, (rows, n), x_strides, None)
+        a_buf = rng.standard_normal(64) + 1j * rng.standard_normal(64)
+        a_t = np.lib.stride_tricks.as_strided(a_buf[2:], (n, m), tuple(st * 16 for st in a_strides))
+        y_buf = np.full(64, np.nan + 0j)
+        y2 = np.lib.stride_tricks.as_strided(y_buf[1:], (rows, m), tuple(st * 16 for st in y_strides))
+        if not conj_readable(rows, n, m, x_strides, a_strides, y_strides):
+            with pytest.raises(ValueError, match="op N"):
+                cublas_args(rows, n, m, x_strides, a_strides, y_strides, conj=True)
+            continue
+        readable += 1
+        call = cublas_args(rows, n, m, x_strides, a_strides, y_strides, conj=True)
+        assert CUBLAS_OP_C in (call.transa, call.transb)
+        emulate(call, {"x2": (x_buf.astype(complex), x_off), "a_t": (a_buf, 2)}, y_buf, 1)
+        np.testing.assert_allclose(y2, x2 @ a_t.conj(), rtol=1e-12, err_msg=f"{x_name}, {a_name}, {y_name}")
+    assert readable
+
+
+def test_conjugate_flag_needs_a_read_transposed():
+    """The GEMM operand conj(B.T) of a C-ordered B (3, 4) (``matvec(B.conj(), x)``, or
+    ``rmatvec`` of the Fortran-ordered A = B.T) is read with op C into a row-major Y2; that
+    of a Fortran-ordered B (``rmatvec`` of a C-ordered A) cannot be: x and y are conjugated."""
+    call = cublas_args(10, 4, 3, (4, 1), (1, 4), (3, 1), conj=True)  # B.T strides (1, 4)
+    assert call == CublasGemm(CUBLAS_OP_C, CUBLAS_OP_N, 3, 10, 4, "a_t", 4, "x2", 4, 3)
+    assert not conj_readable(10, 4, 3, (4, 1), (3, 1), (3, 1))
 
 
 def test_row_major_views_become_the_transposed_column_major_problem():

@@ -161,7 +161,7 @@ def test_the_check_is_kept_only_for_arrays_that_agree_in_everything_it_reads(fre
     support.need("torch")
     built = []
     original = batchmv._call.build
-    monkeypatch.setattr(batchmv._call, "build", lambda a, x, axis, out, backend, *r: built.append(backend) or original(a, x, axis, out, backend, *r))
+    monkeypatch.setattr(batchmv._call, "build", lambda a, x, axis, out, backend, *r, **kw: built.append(backend) or original(a, x, axis, out, backend, *r, **kw))
     a0, x0 = _values()
     a, x = _at_offset(a0, 0), _at_offset(x0, 0)
     _remember(fresh, "torch", a, x)
