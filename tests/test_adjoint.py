@@ -366,6 +366,14 @@ def test_torch_conj_flag_rule_matches_torch(rows, m, n, a_order, y_order):
 
 
 @support.needs("torch")
+def test_torch_mm_rule_examples():
+    import doctest
+    import importlib
+
+    assert doctest.testmod(importlib.import_module("batchmv.backends._torch_mm")).failed == 0
+
+
+@support.needs("torch")
 def test_torch_compile_traces_the_adjoint():
     import torch
 
