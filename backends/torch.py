@@ -26,6 +26,7 @@ import torch
 from .._checks import require_copy
 from .._engine import StridedEngine
 from .._errors import CopyRequiredError
+from ._torch_mm import keeps_conj
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
 _linear = torch.nn.functional.linear
@@ -130,27 +131,14 @@ class TorchEngine(StridedEngine):
         return a, False
 
     def conj_flag(self, rows: int, x2_strides: tuple, a: torch.Tensor, y2_strides: tuple) -> bool:
-        """Whether ``torch.mm(x2, a.t().conj())`` keeps the conjugate bit of its second
-        operand to the BLAS call (op C) instead of resolving it into a copy of A.
-
-        torch's CPU ``addmm`` keeps the bit of an operand it hands to BLAS transposed and
-        resolves it (a copy) otherwise; which operand is transposed follows from the
-        strides of the result and the operand, as below.  CUDA is not decided here (its
-        rule is not checked by batchmv's tests), so CUDA calls conjugate x and y instead.
-        """
+        """Whether ``torch.mm(x2, a.t().conj())`` hands the conjugate bit to BLAS (op C)
+        instead of resolving it into a copy of A (:func:`._torch_mm.keeps_conj`).  CUDA is
+        not decided here (torch's CUDA rule is not checked by batchmv's tests): CUDA calls
+        conjugate x and y instead."""
         if torch.compiler.is_compiling() or a.device.type != "cpu":
             return False
         m, n = (int(s) for s in a.shape)
-        b0, b1 = (int(s) for s in a.stride()[::-1])  # strides of B = a.t(), shape (n, m)
-        y0, y1 = y2_strides
-        if rows == 0 or m == 0 or n == 0:
-            return False
-        if y1 == 1 and (rows == 1 or y0 >= max(1, m)) and not (y0 == 1 and (m == 1 or y1 >= max(1, rows))):
-            # row-major result: torch swaps the operands and B is its "a"
-            resolved = b1 == 1 and b0 >= max(1, m)
-            return not resolved and b0 == 1 and b1 >= max(1, n)
-        resolved = b0 == 1 and b1 >= max(1, n)  # column-major result: B is its "b"
-        return not resolved and b1 == 1 and b0 >= max(1, m)
+        return keeps_conj(rows, m, n, (int(a.stride(1)), int(a.stride(0))), tuple(y2_strides))
 
     def must_copy(self, a: torch.Tensor) -> Optional[str]:
         if torch.compiler.is_compiling():  # the compiler resolves lazy bits in the graph

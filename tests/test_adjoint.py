@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import tracemalloc
 
 import numpy as np
@@ -365,6 +366,14 @@ def test_torch_conj_flag_rule_matches_torch(rows, m, n, a_order, y_order):
 
 
 @support.needs("torch")
+def test_torch_mm_rule_examples():
+    import doctest
+    import importlib
+
+    assert doctest.testmod(importlib.import_module("batchmv.backends._torch_mm")).failed == 0
+
+
+@support.needs("torch")
 def test_torch_compile_traces_the_adjoint():
     import torch
 
@@ -485,3 +494,18 @@ def test_torch_cuda_adjoint_makes_no_copy_of_a(dtype):
         assert grown <= x.numel() * x.element_size() + 0.02 * A.numel() * A.element_size(), grown
         ref = support.reference(op_matrix(A, "H"), x, -1)
         support.assert_matvec_close(y, ref, support.magnitude(op_matrix(A, "H"), x, -1), 2048, dtype)
+
+
+@support.needs("numpy")
+@pytest.mark.slow
+def test_bench_adjoint_script_runs(tmp_path):
+    """benchmarks/bench_adjoint.py on a tiny grid: it checks every adjoint's values itself."""
+    script = support.REPO_ROOT / "benchmarks" / "bench_adjoint.py"
+    out = tmp_path / "r.json"
+    proc = support.run_python(
+        f"import runpy, sys; sys.argv = ['bench_adjoint', '--m', '12', '--n', '8', '--batch', '3', '--rounds', '2', "
+        f"'--libs', 'numpy', '--dtype', 'complex64', '--json', {str(out)!r}]; runpy.run_path({str(script)!r}, run_name='__main__')"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())["results"][0]
+    assert result["best_native"] in result["median_s"] and "| numpy | complex64 | 3 |" in proc.stdout
