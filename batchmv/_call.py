@@ -13,9 +13,9 @@ from . import _layout, _registry, _select
 from ._checks import SEQUENCES, check_copy, check_shapes, dlpack_device, op_shape, refuse_copies
 from ._errors import CopyRequiredError
 
-#: ``choose(home, a, x, axis, dtype, op) -> (engine name, note)``: how a call with
+#: ``choose(home, a, x, axis, dtype, op, out) -> (engine name, note)``: how a call with
 #: ``backend="fastest"`` gets its engine (:mod:`batchmv._tune` measures or recalls).
-Chooser = Callable[[Any, Any, Any, int, Any, str], tuple[str, str]]
+Chooser = Callable[[Any, Any, Any, int, Any, str, Any], tuple[str, str]]
 
 
 class Call(NamedTuple):
@@ -146,7 +146,7 @@ def build(
             engine_name = home.name
             notes.append(f"fastest: {home.name}, the home library's engine (this caller does not measure)")
         else:
-            engine_name, why = choose(home, a_h, x_h, ax, dtype, op)
+            engine_name, why = choose(home, a_h, x_h, ax, dtype, op, out)
             notes.append(why)
     engine = _registry.get_engine(engine_name)
     if engine is home:

@@ -54,7 +54,7 @@ def _machine() -> dict[str, Any]:
     return {"node": platform.node(), "machine": platform.machine(), "cpus": os.cpu_count(), "versions": versions}
 
 
-def kind_of(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N") -> str:
+def kind_of(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N", out: Any = None) -> str:
     """The cache key of a call: what decides which engines can take it without a copy and
     which is fastest, not the values.
 
@@ -74,6 +74,9 @@ def kind_of(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N") -> 
         f"{home.name}|{home.device(x)}|{dtype}|A:{_operand(home, a, a_layout, a_strides)}"
         f"|x:{_operand(home, x, x_layout, x_strides)}|m,n,b~2^{bucket}"
     )
+    if out is not None:  # an engine that cannot write into out would copy into it
+        out_strides = home.strides(out)
+        kind += f"|out:{_operand(home, out, 'strided' if None in out_strides else 'given', out_strides)}"
     return kind if op == "N" else f"{kind}|op:{op}"
 
 
@@ -135,7 +138,7 @@ def home_work(home: Any, x: Any) -> Any:
 _REFUSALS = (CopyRequiredError, TypeError, ValueError, ImportError, RuntimeError, BufferError)
 
 
-def _candidates(home: Any, a: Any, x: Any, axis: int, op: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _candidates(home: Any, a: Any, x: Any, axis: int, op: str, out: Any) -> tuple[dict[str, Any], dict[str, str]]:
     """The calls of the home library's engine and of every available engine that takes this
     call without a copy and keeps its meaning, checked (nothing computed), and the engines
     refused, with the reason."""
@@ -143,16 +146,16 @@ def _candidates(home: Any, a: Any, x: Any, axis: int, op: str) -> tuple[dict[str
     refused: dict[str, str] = {}
     for name in dict.fromkeys((home.name, *_registry.available_backends())):
         try:
-            calls[name] = _build_for(name, home, a, x, axis, op)
+            calls[name] = _build_for(name, home, a, x, axis, op, out)
         except _REFUSALS as err:
             refused[name] = type(err).__name__
     return calls, refused
 
 
-def _build_for(name: str, home: Any, a: Any, x: Any, axis: int, op: str) -> Any:
+def _build_for(name: str, home: Any, a: Any, x: Any, axis: int, op: str, out: Any) -> Any:
     """The call on engine ``name`` with copy=False, checked ("auto" for the home engine,
     which backend= cannot name when it is an array-API library's)."""
-    return _call.build(a, x, axis, None, "auto" if name == home.name else name, False, op=op)
+    return _call.build(a, x, axis, out, "auto" if name == home.name else name, False, op=op)
 
 
 #: Answers of :func:`_takes` kept at most; beyond, they start over.
@@ -160,7 +163,7 @@ _MAX_CHECKS = 1024
 _checks: dict[tuple, bool] = {}
 
 
-def _takes(name: str, home: Any, a: Any, x: Any, axis: int, op: str, key: str) -> bool:
+def _takes(name: str, home: Any, a: Any, x: Any, axis: int, op: str, out: Any, key: str) -> bool:
     """Whether engine ``name`` takes this very call without a copy, keeping its meaning:
     a call built for it with copy=False.  The answer is kept for arrays that agree in
     everything the checks read (the home engine's signature of A and x, and the kind,
@@ -172,7 +175,7 @@ def _takes(name: str, home: Any, a: Any, x: Any, axis: int, op: str, key: str) -
     except (KeyError, TypeError):  # TypeError: a signature that cannot be hashed
         pass
     try:
-        _build_for(name, home, a, x, axis, op)
+        _build_for(name, home, a, x, axis, op, out)
         takes = True
     except _REFUSALS:
         takes = False
@@ -193,14 +196,14 @@ def _known(key: str) -> dict[str, Any] | None:
         return _choices.get(key)
 
 
-def _decide(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str, measure: bool) -> tuple[str, str]:
+def _decide(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str, out: Any, measure: bool) -> tuple[str, str]:
     """The choice for this call: the remembered one when its engine takes these very
     arrays; otherwise measured (``measure``) or, until measured, the home engine."""
-    key = kind_of(home, a, x, axis, dtype, op)
+    key = kind_of(home, a, x, axis, dtype, op, out)
     known = _known(key)
-    if known is not None and _takes(known["engine"], home, a, x, axis, op, key):
+    if known is not None and _takes(known["engine"], home, a, x, axis, op, out, key):
         return _cached(known, key)
-    calls, refused = _candidates(home, a, x, axis, op)
+    calls, refused = _candidates(home, a, x, axis, op, out)
     if known is not None:
         # these arrays differ from the kind's in something the kind does not show, and
         # the remembered engine cannot take them: the engines that can make the kind
@@ -244,16 +247,16 @@ def _measure(home: Any, x: Any, calls: dict[str, Any]) -> tuple[str, dict[str, f
     return best, {name: max(float(t - work_alone), 0.0) for name, t in times.items()}, work is not None
 
 
-def recall(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N") -> tuple[str, str]:
+def recall(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N", out: Any = None) -> tuple[str, str]:
     """(engine name, why) as :func:`choose` decides for this call, without timing anything:
     the home library's engine, and the candidates, while no decision exists."""
-    return _decide(home, a, x, axis, dtype, op, measure=False)
+    return _decide(home, a, x, axis, dtype, op, out, measure=False)
 
 
-def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N") -> tuple[str, str]:
+def choose(home: Any, a: Any, x: Any, axis: int, dtype: Any, op: str = "N", out: Any = None) -> tuple[str, str]:
     """(engine name, why) for a call whose inputs ``a``, ``x`` belong to ``home``: measured
     once per kind of call, then remembered."""
-    return _decide(home, a, x, axis, dtype, op, measure=True)
+    return _decide(home, a, x, axis, dtype, op, out, measure=True)
 
 
 def _show(times: dict[str, float]) -> str:

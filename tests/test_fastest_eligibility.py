@@ -173,3 +173,20 @@ def test_the_check_is_kept_only_for_arrays_that_agree_in_everything_it_reads(fre
     _remember(fresh, "torch", a1, x1)
     assert batchmv.plan(a1, x1, backend="fastest").backend == "numpy"
     assert built.count("torch") > 1  # checked afresh (then among the candidates)
+
+
+def test_out_takes_part_in_the_choice(monkeypatch):
+    """With out=, only engines that write into out without a copy compete (jax, which cannot
+    write, is not a candidate), and the choice for out= is a kind of its own."""
+    monkeypatch.setattr(batchmv._tune, "_choices", {})
+    monkeypatch.setattr(batchmv._tune, "_disk_loaded", True)
+    rng = np.random.default_rng(3)
+    a, x = rng.standard_normal((16, 8)).astype(np.float32), rng.standard_normal((64, 8)).astype(np.float32)
+    out = np.empty((64, 16), np.float32)
+    assert batchmv.matvec(a, x, out=out, backend="fastest") is out
+    np.testing.assert_allclose(out, x @ a.T, rtol=1e-5, atol=1e-5)
+    p = batchmv.plan(a, x, out=out, backend="fastest")
+    assert p.copies == () and p.backend != "jax", p
+    assert "|out:" in p.notes[0]
+    if "jax" in batchmv.available_backends():
+        assert "'jax'" in p.notes[0] or "jax" not in p.notes[0].split("measured")[1]
