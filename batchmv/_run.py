@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from . import _skinny
 from ._call import Call
 
 
@@ -34,21 +35,22 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     if eng is not call.home or call.out is not None or call.copies:
         return None
     if sched is None:
-        return lambda a, x: eng.expression(a, x, axis)
+        return _skinny.expression_for(call) or (lambda a, x: eng.expression(a, x, axis))
     if sched.loop_shape or sched.zero_axes:
         return None
+    gemm = _skinny.gemm_for(call) or eng.gemm  # row blocks of A for skinny batches
     perm, view_shape, split_shape = sched.perm, sched.view_shape, sched.split_shape
     permute_x = perm != tuple(range(len(perm)))
     view_x = tuple(eng.shape(call.x)[i] for i in perm) != view_shape
     view_y = split_shape != (sched.rows, call.y_shape[axis])
     unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute_x else None
     if not (permute_x or view_x or view_y):
-        return lambda a, x: eng.gemm(x, a)  # x is the GEMM's X2 and its result is y
+        return lambda a, x: gemm(x, a)  # x is the GEMM's X2 and its result is y
 
     def run(a: Any, x: Any) -> Any:
         if permute_x:
             x = eng.permute(x, perm)
-        y = eng.gemm(eng.view(x, view_shape) if view_x else x, a)
+        y = gemm(eng.view(x, view_shape) if view_x else x, a)
         if view_y:
             y = eng.view(y, split_shape)
         return eng.permute(y, unperm) if unperm else y
@@ -65,7 +67,8 @@ def execute(call: Call) -> Any:
     if sched is None:
         a, x = call.a, call.x
         a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
-        return _deliver(call, eng.expression(a, x, call.axis))
+        blocks = _skinny.expression_for(call)
+        return _deliver(call, blocks(a, x) if blocks else eng.expression(a, x, call.axis))
     a, x = call.a, call.x
     if sched.a_copy:
         a = eng.c_order_copy(a, call.dtype)
@@ -80,7 +83,7 @@ def execute(call: Call) -> Any:
     if r2 is None and eng is not call.home:  # a result another library adopts
         r2 = eng.empty(r_shape, call.dtype, x)
     if not sched.loop_shape:
-        r2 = eng.gemm(x2, a, r2)
+        r2 = (_skinny.gemm_for(call) or eng.gemm)(x2, a, r2)
     elif call.tracks_graph:
         r2 = eng.stack([eng.gemm(x2[i], a) for i in itertools.product(*map(range, sched.loop_shape))], r_shape)
     else:
