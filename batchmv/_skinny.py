@@ -24,7 +24,7 @@ so torch and jax run the same kernel: neither MKL nor XLA has one that reads A i
 at these sizes.
 
 The rule (:func:`plan_for`): a float32/float64 product of 2 to :data:`MAX_BATCH` vectors,
-A with unit stride along n, n >= 32, A larger than :data:`A_BYTES_MIN` (None: the
+A with unit stride along n, n >= 32, A larger than :data:`A_BYTES_MIN` (None: half the
 last-level cache), and numpy's BLAS is an OpenBLAS whose core type has the kernel.
 Anything else runs as one GEMM.
 """
@@ -37,26 +37,15 @@ import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
-#: Largest batch that runs as row blocks; beyond it one GEMM is as fast (compute-bound).
-MAX_BATCH = 64
-#: Most vectors per block call: more would shrink the blocks below a useful size.
-CHUNK = 8
-#: A must take more bytes than this; None: the last-level cache (tests set a small value).
-A_BYTES_MIN: Optional[int] = None
-#: OpenBLAS's small-matrix rule for the TN case (``*_small_kernel_permit_skylakex.c``).
-SMALL_MNK, SMALL_MN, SMALL_K = 1_000_000, 1200, 32
-#: OpenBLAS core types whose kernels include the small-matrix TN kernel.
-SMALL_KERNEL_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
-_KERNEL = "numpy.dot: OpenBLAS's small-matrix kernel, no packing"
-
-
 from ._memory import aligned_empty
 
 #: Largest batch that runs as row blocks; beyond it one GEMM is as fast (compute-bound).
 MAX_BATCH = 64
 #: Most vectors per block call: more would shrink the blocks below a useful size.
 CHUNK = 8
-#: A must take more bytes than this; None: the last-level cache (tests set a small value).
+#: A must take more bytes than this; None: half the last-level cache, which A shares with x,
+#: y and everything else, so that a larger A comes from memory again on every call (tests
+#: set a small value).
 A_BYTES_MIN: Optional[int] = None
 #: OpenBLAS's small-matrix rule for the TN case (``*_small_kernel_permit_skylakex.c``).
 SMALL_MNK, SMALL_MN, SMALL_K = 1_000_000, 1200, 32
@@ -114,7 +103,7 @@ class RowBlocks(NamedTuple):
     def describe(self, threads: int, a_bytes: int) -> str:
         return (
             f"{KERNEL}: A ({a_bytes / 2**20:.1f} MiB) is larger than "
-            + (f"the last-level cache ({LLC_BYTES / 2**20:.0f} MiB)" if A_BYTES_MIN is None else f"{A_BYTES_MIN} bytes")
+            + (f"half the last-level cache ({LLC_BYTES / 2**20:.0f} MiB)" if A_BYTES_MIN is None else f"{A_BYTES_MIN} bytes")
             + f" and the batch small ({self.batch}): {self.blocks} blocks of "
             f"{self.rows} rows of A (views, read once) x {self.chunks} chunk(s) of {self.chunk} vectors, "
             f"each Y2[c0:c1, r0:r1] = X2[c0:c1] @ A[r0:r1].T by numpy.dot (OpenBLAS's small-matrix "
@@ -203,7 +192,7 @@ def plan_for(call: Any) -> Optional[RowBlocks]:
         shape = eng.shape(call.x)
         batch, unit = math.prod(shape[:-1]), call.axis == len(shape) - 1
     itemsize = eng.itemsize(call.a)
-    limit = LLC_BYTES if A_BYTES_MIN is None else A_BYTES_MIN
+    limit = LLC_BYTES // 2 if A_BYTES_MIN is None else A_BYTES_MIN
     if not (unit and 2 <= batch <= MAX_BATCH and n >= SMALL_K and m * n * itemsize > limit):
         return None
     if str(call.dtype).rsplit(".", 1)[-1] not in ("float32", "float64"):

@@ -72,14 +72,14 @@ def test_the_block_sizes_follow_openblas_small_matrix_rule():
 
 def test_the_rule_takes_skinny_batches_of_an_a_beyond_the_cache(monkeypatch):
     monkeypatch.setattr(_skinny, "small_kernel", lambda: True)
-    monkeypatch.setattr(_skinny, "LLC_BYTES", 400 * 64 * 4)  # a small "cache": A of 400 x 64 float32 fills it
+    monkeypatch.setattr(_skinny, "LLC_BYTES", 2 * 400 * 64 * 4)  # a small "cache": A of 400 x 64 float32 fills half
 
     def kernel(m, n, b, dtype="float32", order="C"):
         return batchmv.plan(np.ones((m, n), dtype, order=order), np.ones((b, n), dtype)).kernel
 
     assert kernel(401, 64, 2) == kernel(401, 64, 64) == "gemm row blocks"
     assert kernel(401, 64, 1) == kernel(401, 64, 65) == "gemm"  # one vector: GEMV; many: compute-bound
-    assert kernel(400, 64, 8) == "gemm"  # A fits in the cache
+    assert kernel(400, 64, 8) == "gemm"  # A fits in half the cache
     assert kernel(401, 64, 8, order="F") == "gemm"  # A's rows are not contiguous
     assert kernel(201, 64, 8, dtype="float64") == "gemm row blocks"
     assert kernel(401, 64, 8, dtype="complex64") == kernel(401, 64, 8, dtype="int32") == "gemm"
