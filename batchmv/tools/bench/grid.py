@@ -23,7 +23,7 @@ from typing import Any, Callable
 from .approaches import Approach, NotApplicable
 from .arrays import at_point, itemsize, max_rel_error, tolerance
 from .config import HOMES, Config
-from .roofline import engine_peak, roof
+from .roofline import bandwidth, engine_peak, roof
 from .targets import NATIVE_LIMIT_S, TARGET3_CHECKS, TARGET3_POINT
 from .timing import Timing, measure, paired, seconds_per_call, timed_call
 
@@ -39,17 +39,17 @@ def points(config: Config) -> list[tuple[int, int, int, str, str]]:
     ]
 
 
-def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[str, Any]]:  # noqa: ANN001
+def run(libs, batchmv, config, approaches, points, roofline, tick, pair_all=False) -> list[dict[str, Any]]:  # noqa: ANN001
     """The result rows of every applicable approach at every point; ``tick(label, count=1)``
-    reports progress."""
+    reports progress.  ``pair_all``: every batchmv call of a home engine is timed again
+    alternating with the best native call (not only those over 1.05 x its median)."""
     results: list[dict[str, Any]] = []
     #: per (m, n, dtype, layout, approach): (batch, seconds) of the last measurement, to estimate the next
     last: dict[tuple[Any, ...], tuple[int, float]] = {}
-    bw = roofline["bandwidth_gbs"]
     cache: dict[tuple[Any, ...], Any] = {}
     for m, n, b, dtype, layout in points:
-        key = (m, n, b)
-        if cache.get("key") != key:  # new arrays for each (m, n, batch); freed before the next
+        key = (m, n)
+        if cache.get("key") != key:  # new arrays for each (m, n) (x: for each batch); freed before the next
             cache.clear()
             gc.collect()
             cache["key"] = key
@@ -71,7 +71,7 @@ def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[
             results.append(row)
             peak = engine_peak(roofline, a.engine, dtype)
             flops = 2 * m * n * b
-            ai, attainable = roof(peak or math.inf, bw, m, n, b, dtype)
+            ai, attainable = roof(peak or math.inf, bandwidth(roofline, dtype), m, n, b, dtype)
             row.update(ai=ai, attainable_gflops=attainable, peak_gflops=peak)
             # estimate: twice the roofline time; for the linear peers, the fastest block of the
             # last measurement (at a smaller batch) scaled linearly when that is longer
@@ -109,7 +109,7 @@ def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[
                 continue
             finally:
                 row["wall_s"] = time.perf_counter() - wall
-            keep = a.kind in ("batchmv", "prepare", "native") and a.engine == a.home and "fastest" not in a.name
+            keep = a.kind in ("batchmv", "prepare", "native", "roof") and a.engine == a.home and "fastest" not in a.name
             if (keep and rows == b) or (m, n, b, dtype, layout) == TARGET3_POINT:
                 kept[a.name] = (row, fn)
             fn = None
@@ -120,19 +120,23 @@ def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[
             row.update(
                 median_s=seconds, iqr_s=t.iqr * scale, blocks=t.blocks, calls_per_block=t.number,
                 timed_rows=rows, gflops=gflops, pct_roofline=100 * gflops / attainable,
+                a_gbs=m * n * itemsize(dtype) / seconds / 1e9,
                 pct_peak=100 * gflops / peak if peak else None, best_s=t.best * scale,
                 load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             )  # fmt: skip
             row["tolerance"] = tolerance(dtype, n)
-        _confirm(kept, config)
+        _confirm(kept, config, pair_all)
         kept.clear()
     return results
 
 
-def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: Config) -> None:
+def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: Config, pair_all: bool = False) -> None:
     """Target (1) at one point: where a batchmv call's median exceeds 1.05 x the best native
     call of its library (taking > 100 us), time the two again alternating block by block, so
-    that a change of the machine's load hits both alike; the paired ratio goes in the row."""
+    that a change of the machine's load hits both alike; the paired ratio goes in the row.
+    ``pair_all``: every such call, and each also against the point's "roof" call (a GEMV
+    on the same A: the rate A is read at, measured alongside)."""
+    roofs = [(r, f) for r, f in kept.values() if r["kind"] == "roof" and "median_s" in r]
     for peer, ours, _ in TARGET3_CHECKS:  # at target (3)'s point: each speed-up, paired too
         if peer in kept and ours in kept and "median_s" in kept[peer][0] and "median_s" in kept[ours][0]:
             (prow, pfn), (orow, ofn) = kept[peer], kept[ours]
@@ -144,16 +148,19 @@ def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: 
         if not natives:
             continue
         best, best_fn = min(natives, key=lambda rf: rf[0]["median_s"])
-        if best["median_s"] <= NATIVE_LIMIT_S:
+        if best["median_s"] <= NATIVE_LIMIT_S and not pair_all:
             continue
         for row, fn in kept.values():
             if row["home"] != home or row["kind"] not in ("batchmv", "prepare") or "median_s" not in row:
                 continue
             if row["engine"] != row["home"] or "fastest" in row["approach"] or row["timed_rows"] != row["batch"]:
                 continue
-            if row["median_s"] > 1.05 * best["median_s"]:
+            if row["median_s"] > 1.05 * best["median_s"] or pair_all:
                 ratio, pairs = paired(fn, best_fn, row["median_s"], best["median_s"], config.min_time)
                 row["paired"] = {"native": best["approach"], "ratio": ratio, "pairs": pairs}
+            for roof_row, roof_fn in roofs if pair_all else ():
+                ratio, pairs = paired(fn, roof_fn, row["median_s"], roof_row["median_s"], config.min_time)
+                row["paired_roof"] = {"roof": roof_row["approach"], "ratio": ratio, "pairs": pairs}
 
 
 def _ident(a: Approach) -> dict[str, Any]:
