@@ -54,28 +54,23 @@ SMALL_KERNEL_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
 KERNEL = "gemm row blocks"
 
 
-def _cache_bytes() -> tuple[int, int]:
-    """(L2 cache of one core, last-level cache) in bytes, from sysfs or ``os.sysconf``;
-    conservative guesses where the system says nothing."""
+def _cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> tuple[int, int]:
+    """(L2 cache of one core, last-level cache) in bytes, from sysfs, else ``os.sysconf``,
+    else guesses (1 MiB, 32 MiB)."""
+    def read(path: str) -> str:
+        with open(path) as fh:
+            return fh.read().strip()
+
     sizes: dict[int, int] = {}
-    root = "/sys/devices/system/cpu/cpu0/cache"
     try:
-        for entry in sorted(os.listdir(root)):
-            if not entry.startswith("index"):
-                continue
-            with open(f"{root}/{entry}/type") as fh:
-                if fh.read().strip() == "Instruction":
-                    continue
-            with open(f"{root}/{entry}/level") as fh:
-                level = int(fh.read())
-            with open(f"{root}/{entry}/size") as fh:
-                text = fh.read().strip()
-            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-            sizes[level] = int(text.rstrip("KMG")) * scale
+        for entry in sorted(e for e in os.listdir(root) if e.startswith("index")):
+            size = read(f"{root}/{entry}/size")
+            if read(f"{root}/{entry}/type") != "Instruction":
+                sizes[int(read(f"{root}/{entry}/level"))] = int(size.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1:], 1)
     except (OSError, ValueError):
         for level, name in ((2, "SC_LEVEL2_CACHE_SIZE"), (3, "SC_LEVEL3_CACHE_SIZE")):
             try:
-                sizes[level] = max(0, os.sysconf(name))
+                sizes[level] = os.sysconf(name)
             except (ValueError, OSError, AttributeError):
                 pass
     sizes = {k: v for k, v in sizes.items() if v > 0}

@@ -39,10 +39,11 @@ def points(config: Config) -> list[tuple[int, int, int, str, str]]:
     ]
 
 
-def run(libs, batchmv, config, approaches, points, roofline, tick, pair_all=False) -> list[dict[str, Any]]:  # noqa: ANN001
+def run(libs, batchmv, config, approaches, points, roofline, tick, pair_all=0.0) -> list[dict[str, Any]]:  # noqa: ANN001
     """The result rows of every applicable approach at every point; ``tick(label, count=1)``
-    reports progress.  ``pair_all``: every batchmv call of a home engine is timed again
-    alternating with the best native call (not only those over 1.05 x its median)."""
+    reports progress.  ``pair_all`` (seconds, or 0): every batchmv call of a home engine is
+    timed again alternating with the best native call (not only those over 1.05 x its
+    median), for about twice that many seconds."""
     results: list[dict[str, Any]] = []
     #: per (m, n, dtype, layout, approach): (batch, seconds) of the last measurement, to estimate the next
     last: dict[tuple[Any, ...], tuple[int, float]] = {}
@@ -130,7 +131,7 @@ def run(libs, batchmv, config, approaches, points, roofline, tick, pair_all=Fals
     return results
 
 
-def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: Config, pair_all: bool = False) -> None:
+def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: Config, pair_all: float = 0.0) -> None:
     """Target (1) at one point: where a batchmv call's median exceeds 1.05 x the best native
     call of its library (taking > 100 us), time the two again alternating block by block, so
     that a change of the machine's load hits both alike; the paired ratio goes in the row.
@@ -156,10 +157,10 @@ def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: 
             if row["engine"] != row["home"] or "fastest" in row["approach"] or row["timed_rows"] != row["batch"]:
                 continue
             if row["median_s"] > 1.05 * best["median_s"] or pair_all:
-                ratio, pairs = paired(fn, best_fn, row["median_s"], best["median_s"], config.min_time)
+                ratio, pairs = paired(fn, best_fn, row["median_s"], best["median_s"], pair_all or config.min_time)
                 row["paired"] = {"native": best["approach"], "ratio": ratio, "pairs": pairs}
             for roof_row, roof_fn in roofs if pair_all else ():
-                ratio, pairs = paired(fn, roof_fn, row["median_s"], roof_row["median_s"], config.min_time)
+                ratio, pairs = paired(fn, roof_fn, row["median_s"], roof_row["median_s"], pair_all)
                 row["paired_roof"] = {"roof": roof_row["approach"], "ratio": ratio, "pairs": pairs}
 
 
