@@ -23,7 +23,7 @@ engines share their arrays with numpy without a copy (:meth:`batchmv._engine.Eng
 so torch and jax run the same kernel: neither MKL nor XLA has one that reads A in place
 at these sizes.
 
-The rule (:func:`plan_for`): a float32/float64 product of 2 to :data:`MAX_BATCH` vectors,
+The rule (:func:`plan_for`): a float32 (float64) product of 2 to 64 (32) vectors,
 A with unit stride along n, n >= 32, A larger than :data:`A_BYTES_MIN` (None: half the
 last-level cache), and numpy's BLAS is an OpenBLAS whose core type has the kernel.
 Anything else runs as one GEMM.
@@ -39,8 +39,12 @@ from typing import Any, NamedTuple, Optional
 
 from ._memory import aligned_empty
 
-#: Largest batch that runs as row blocks; beyond it one GEMM is as fast (compute-bound).
-MAX_BATCH = 64
+#: Whether the rule may take a call at all (the bench's "before" and tests switch it off).
+ENABLED = True
+#: Largest batch that runs as row blocks, per dtype (numpy's type character): beyond it the
+#: product is compute-bound and a packed GEMM computes faster than the small-matrix kernel
+#: (float64: MKL's at 64 vectors, benchmarks/README.md "Skinny batches").
+MAX_BATCH = {"f": 64, "d": 32}
 #: Most vectors per block call: more would shrink the blocks below a useful size.
 CHUNK = 8
 #: A must take more bytes than this; None: half the last-level cache, which A shares with x,
@@ -176,7 +180,7 @@ def plan_for(call: Any) -> Optional[RowBlocks]:
     runs as one GEMM (the rule in the module's docstring).  Shapes are compared first, so
     that small calls (and calls traced by torch.compile) take none of the other steps."""
     eng, sched = call.engine, call.schedule
-    if call.tracks_graph:
+    if call.tracks_graph or not ENABLED:
         return None
     m, n = eng.shape(call.a)
     if sched is not None:  # a strided engine's one GEMM, A read through its row-major rows
@@ -188,9 +192,10 @@ def plan_for(call: Any) -> Optional[RowBlocks]:
         batch, unit = math.prod(shape[:-1]), call.axis == len(shape) - 1
     itemsize = eng.itemsize(call.a)
     limit = LLC_BYTES // 2 if A_BYTES_MIN is None else A_BYTES_MIN
-    if not (unit and 2 <= batch <= MAX_BATCH and n >= SMALL_K and m * n * itemsize > limit):
+    if not (unit and 2 <= batch <= max(MAX_BATCH.values()) and n >= SMALL_K and m * n * itemsize > limit):
         return None
-    if str(call.dtype).rsplit(".", 1)[-1] not in ("float32", "float64"):
+    char = {"float32": "f", "float64": "d"}.get(str(call.dtype).rsplit(".", 1)[-1])
+    if char is None or batch > MAX_BATCH[char]:
         return None
     if eng.dtype_of(call.a) != call.dtype or eng.dtype_of(call.x) != call.dtype:
         return None  # (strided engines cast x in a copy, which is then the GEMM's x)

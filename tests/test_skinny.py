@@ -79,6 +79,8 @@ def test_the_rule_takes_skinny_batches_of_an_a_beyond_the_cache(monkeypatch):
 
     assert kernel(401, 64, 2) == kernel(401, 64, 64) == "gemm row blocks"
     assert kernel(401, 64, 1) == kernel(401, 64, 65) == "gemm"  # one vector: GEMV; many: compute-bound
+    assert kernel(201, 64, 32, dtype="float64") == "gemm row blocks"
+    assert kernel(201, 64, 33, dtype="float64") == "gemm"  # float64: a packed GEMM from 33 vectors
     assert kernel(400, 64, 8) == "gemm"  # A fits in half the cache
     assert kernel(401, 64, 8, order="F") == "gemm"  # A's rows are not contiguous
     assert kernel(201, 64, 8, dtype="float64") == "gemm row blocks"
@@ -146,7 +148,7 @@ def test_results_equal_the_one_gemm_path(xp_name, forced, dtype, layout, a_order
     x_np, axis = _x(layout, b, dtype, rng)
     A, x = support.to_lib(a_np, xp_name), support.to_lib(x_np, xp_name)
     p = batchmv.plan(A, x, axis=axis)
-    blocked = a_order != "F" and layout != "axis 0"
+    blocked = a_order != "F" and layout != "axis 0" and b <= _skinny.MAX_BATCH[np.dtype(dtype).char]
     assert (p.kernel == "gemm row blocks") == blocked, str(p)
     y = batchmv.matvec(A, x, axis=axis)
     y_again = batchmv.matvec(A, x, axis=axis)  # the remembered kernel
@@ -164,13 +166,12 @@ def monkeypatch_skinny_off():
 
     @contextmanager
     def off():
-        before = _skinny.MAX_BATCH
-        _skinny.MAX_BATCH = 0
+        _skinny.ENABLED = False
         _cache.calls._runs.clear()
         try:
             yield
         finally:
-            _skinny.MAX_BATCH = before
+            _skinny.ENABLED = True
             _cache.calls._runs.clear()
 
     return off()

@@ -55,12 +55,11 @@ def _one_gemm(A: Any, X: Any) -> Callable[[], Any]:
     dot_general), built with the rule switched off."""
     from batchmv import _call, _run, _skinny
 
-    saved = _skinny.MAX_BATCH
-    _skinny.MAX_BATCH = 0
+    _skinny.ENABLED = False
     try:
         run = _run.runner(_call.build(A, X, -1, None, None, None))
     finally:
-        _skinny.MAX_BATCH = saved
+        _skinny.ENABLED = True
     if run is None:
         raise NotApplicable("no remembered kernel for these arrays")
     return lambda: run(A, X)
