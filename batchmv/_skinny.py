@@ -1,32 +1,28 @@
-"""Skinny batches: ``Y2 = X2 @ A.T`` for a few vectors and an A larger than the last-level
+"""Skinny batches: ``Y2 = X2 @ A.T`` for a few vectors and an A beyond half the last-level
 cache, as row blocks of A that read A once, at the rate of a matrix-vector product.
 
-Such a product is bound by reading A from memory, yet a GEMM of 2 to 64 vectors runs far
-below that rate: OpenBLAS packs its operands, and MKL (torch) and XLA (jax) fall off the
-same way (benchmarks/README.md, "Skinny batches").  OpenBLAS's small-matrix kernel reads
-its operands in place, without packing, but takes only small products: on its AVX-512
-core types the ``TN`` case (``X2 @ A[r0:r1].T`` seen column-major) runs there when
-M*N*K <= 1e6, M*N <= 1200 and K >= 32 (M: rows of the block, N: vectors, K: n).  So A is
-cut into row blocks (views ``A[r0:r1]``, never copied) sized to that rule, and the batch
-into chunks of at most :data:`CHUNK` vectors; with more than one chunk, a block also fits
-in half the L2 cache, so that the chunks after the first read it from there.  Each call,
-``numpy.dot(X2[c0:c1], A[r0:r1].T)``, writes a small per-thread buffer that is then copied
-into ``Y2[c0:c1, r0:r1]``: ``numpy.dot`` writes only C-ordered results, and
-``numpy.matmul``, which would write the slice itself, holds the GIL on products this small.
+Such a product is bound by reading A, yet a GEMM of 2 to 64 vectors runs far below that
+rate: OpenBLAS packs its operands, and MKL (torch) and XLA (jax) fall off the same way
+(benchmarks/README.md, "Skinny batches").  OpenBLAS's small-matrix kernel reads its
+operands in place, but takes only small products: on its AVX-512 core types, the ``TN``
+case (``X2 @ A[r0:r1].T`` seen column-major) when M*N*K <= 1e6, M*N <= 1200 and K >= 32
+(M: rows of the block, N: vectors, K: n).  So A is cut into row blocks (views, never
+copied) sized to that rule, and the batch into chunks of at most :data:`CHUNK` vectors
+(with several chunks, a block also fits in half the L2 cache, where the chunks after the
+first read it).  Each ``numpy.dot(X2[c0:c1], A[r0:r1].T)`` writes a per-thread buffer,
+copied into ``Y2[c0:c1, r0:r1]``: ``numpy.dot`` writes only C-ordered results, and
+``numpy.matmul``, which would write the slice, holds the GIL on products this small.
 
-Threads: ``numpy.dot`` releases the GIL while BLAS runs, so a small pool of Python threads
-runs blocks side by side, block j on thread j % T.  The blocks, chunks and calls depend on
-the shapes and dtype only, never on T, and each element of the result is written by one
-call, so results are the same bit for bit whatever T is: the engine's thread count
-(torch's ``get_num_threads``), else that of numpy's OpenBLAS pool (``threadpoolctl``).  The
-engines share their arrays with numpy without a copy (:meth:`batchmv._engine.Engine.host`),
-so torch and jax run the same kernel: neither MKL nor XLA has one that reads A in place
-at these sizes.
+Threads: ``numpy.dot`` releases the GIL in BLAS, so a small pool of Python threads runs
+block j on thread j % T.  Blocks, chunks and calls depend on shapes and dtype only, and
+each result element is written by one call: results are the same bit for bit whatever T
+is (the engine's threads, torch's ``get_num_threads``, else numpy's OpenBLAS pool's as
+``threadpoolctl`` sets it).  The engines share their arrays with numpy without a copy
+(:meth:`batchmv._engine.Engine.host`), so torch and jax run the same kernel.
 
-The rule (:func:`plan_for`): a float32 (float64) product of 2 to 64 (32) vectors,
-A with unit stride along n, n >= 32, A larger than :data:`A_BYTES_MIN` (None: half the
-last-level cache), and numpy's BLAS is an OpenBLAS whose core type has the kernel.
-Anything else runs as one GEMM.
+The rule (:func:`plan_for`): float32 (float64) with 2 to 64 (32) vectors, A with unit
+stride along n, n >= 32, A larger than :data:`A_BYTES_MIN` (None: half the last-level
+cache), and numpy's BLAS an OpenBLAS whose core type has the kernel.  Else one GEMM.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ import os
 import time
 from typing import Any, Callable
 
+from batchmv import _timing
+
 from .approaches import Approach, NotApplicable
 from .arrays import at_point, itemsize, max_rel_error, tolerance
 from .config import HOMES, Config
@@ -43,7 +45,11 @@ def run(libs, batchmv, config, approaches, points, roofline, tick, pair_all=0.0)
     """The result rows of every applicable approach at every point; ``tick(label, count=1)``
     reports progress.  ``pair_all`` (seconds, or 0): every batchmv call of a home engine is
     timed again alternating with the best native call (not only those over 1.05 x its
-    median), for about twice that many seconds."""
+    median), for about twice that many seconds; with more than one thread, each timing of
+    a batchmv call then first runs it for :data:`batchmv._timing.SETTLE_S` seconds, so that
+    the thread pool a native call before it woke has gone idle (row blocks run in a pool of
+    Python threads that sleep when idle; OpenBLAS's and OpenMP's spin for a while)."""
+    settle = _timing.SETTLE_S if pair_all and config.threads > 1 else 0.0
     results: list[dict[str, Any]] = []
     #: per (m, n, dtype, layout, approach): (batch, seconds) of the last measurement, to estimate the next
     last: dict[tuple[Any, ...], tuple[int, float]] = {}
@@ -101,7 +107,9 @@ def run(libs, batchmv, config, approaches, points, roofline, tick, pair_all=0.0)
                     t = Timing(second, 0.0, second, 1, 1)
                     row["note"] = f"one call after a warm-up of {first:.2g} s (> 2 * --max-call)"
                 else:
-                    t = measure(fn, config.min_time, first)
+                    if settle and a.kind in ("batchmv", "prepare"):
+                        _timing.run_times(fn, min_runs=1, max_runs=10**9, budget_s=settle, warmup=0)
+                    t = measure(fn, config.min_time, None if settle and a.kind in ("batchmv", "prepare") else first)
             except NotApplicable as err:
                 row["skipped"] = f"n/a: {err}"
                 continue
@@ -126,12 +134,14 @@ def run(libs, batchmv, config, approaches, points, roofline, tick, pair_all=0.0)
                 load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             )  # fmt: skip
             row["tolerance"] = tolerance(dtype, n)
-        _confirm(kept, config, pair_all)
+        _confirm(kept, config, pair_all, settle)
         kept.clear()
     return results
 
 
-def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: Config, pair_all: float = 0.0) -> None:
+def _confirm(
+    kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: Config, pair_all: float = 0.0, settle: float = 0.0
+) -> None:
     """Target (1) at one point: where a batchmv call's median exceeds 1.05 x the best native
     call of its library (taking > 100 us), time the two again alternating block by block, so
     that a change of the machine's load hits both alike; the paired ratio goes in the row.
@@ -157,10 +167,10 @@ def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: 
             if row["engine"] != row["home"] or "fastest" in row["approach"] or row["timed_rows"] != row["batch"]:
                 continue
             if row["median_s"] > 1.05 * best["median_s"] or pair_all:
-                ratio, pairs = paired(fn, best_fn, row["median_s"], best["median_s"], pair_all or config.min_time)
+                ratio, pairs = paired(fn, best_fn, row["median_s"], best["median_s"], pair_all or config.min_time, settle)
                 row["paired"] = {"native": best["approach"], "ratio": ratio, "pairs": pairs}
-            for roof_row, roof_fn in roofs if pair_all else ():
-                ratio, pairs = paired(fn, roof_fn, row["median_s"], roof_row["median_s"], pair_all)
+            for roof_row, roof_fn in roofs if pair_all and row["kind"] == "batchmv" else ():
+                ratio, pairs = paired(fn, roof_fn, row["median_s"], roof_row["median_s"], pair_all, settle)
                 row["paired_roof"] = {"roof": roof_row["approach"], "ratio": ratio, "pairs": pairs}
 
 
