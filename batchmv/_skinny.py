@@ -20,7 +20,7 @@ is (the engine's threads, torch's ``get_num_threads``, else numpy's OpenBLAS poo
 ``threadpoolctl`` sets it).  The engines share their arrays with numpy without a copy
 (:meth:`batchmv._engine.Engine.host`), so torch and jax run the same kernel.
 
-The rule (:func:`plan_for`): float32 (float64) with 2 to 64 (32) vectors, A with unit
+The rule (:func:`plan_for`): float32 (float64) with 2 to 32 (16) vectors, A with unit
 stride along n, n >= 32, A larger than :data:`A_BYTES_MIN` (None: half the last-level
 cache), and numpy's BLAS an OpenBLAS whose core type has the kernel.  Else one GEMM.
 """
@@ -38,9 +38,9 @@ from ._memory import aligned_empty
 #: Whether the rule may take a call at all (the bench's "before" and tests switch it off).
 ENABLED = True
 #: Largest batch that runs as row blocks, per dtype (numpy's type character): beyond it the
-#: product is compute-bound and a packed GEMM computes faster than the small-matrix kernel
-#: (float64: MKL's at 64 vectors, benchmarks/README.md "Skinny batches").
-MAX_BATCH = {"f": 64, "d": 32}
+#: product is compute-bound, and a packed GEMM (torch's MKL first) computes as fast as the
+#: small-matrix kernel or faster (benchmarks/README.md, "Skinny batches").
+MAX_BATCH = {"f": 32, "d": 16}
 #: Most vectors per block call: more would shrink the blocks below a useful size.
 CHUNK = 8
 #: A must take more bytes than this; None: half the last-level cache, which A shares with x,
