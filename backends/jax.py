@@ -135,6 +135,18 @@ class JaxEngine(Engine):
             return None
         return (a.shape, a.dtype, a.weak_type, a.sharding, x.shape, x.dtype, x.weak_type, x.sharding)
 
+    def host(self, a: Any, writable: bool = False) -> Optional[np.ndarray]:
+        """A concrete CPU array's buffer as a read-only numpy array, when numpy reads it in
+        place (its address is the buffer's); None for tracers, other devices, shardings."""
+        if writable or _is_tracer(a) or len(a.sharding.device_set) != 1 or self.device(a) != "cpu":
+            return None
+        try:
+            view = np.asarray(a)
+            same = view.__array_interface__["data"][0] == a.unsafe_buffer_pointer()
+        except Exception:  # noqa: BLE001 - deleted or donated arrays: the expression says
+            return None
+        return view if same else None
+
     # -- crossing libraries ------------------------------------------------------------
     def adopt(
         self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None, any_order: bool = False

@@ -81,6 +81,9 @@ class NumpyEngine(StridedEngine):
     def export_refusal(self, a: np.ndarray) -> Optional[str]:
         return _meaning_lost(a)
 
+    def host(self, a: np.ndarray, writable: bool = False) -> Optional[np.ndarray]:
+        return a if type(a) is np.ndarray and (a.flags.writeable or not writable) else None
+
     # -- crossing libraries --------------------------------------------------------------
     def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[np.ndarray, Optional[str]]:
         shared = source.export_numpy(obj, allow_copy=allow_copy, writable=writable) if source is not None else None

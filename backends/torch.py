@@ -149,6 +149,21 @@ class TorchEngine(StridedEngine):
             return "has torch's lazy negative bit; resolved into a copy"
         return None
 
+    def host(self, a: torch.Tensor, writable: bool = False) -> Optional[np.ndarray]:
+        """A CPU tensor's memory as numpy sees it; None under torch.compile or a transform
+        (the graph must hold the product), for lazy conjugate/negative bits, and where a
+        result must stay in the autograd graph (the caller has refused those already)."""
+        if torch.compiler.is_compiling() or _is_wrapped(a) or a.device.type != "cpu" or a.is_conj() or a.is_neg():
+            return None
+        if a.dtype not in (torch.float32, torch.float64) or (writable and a.requires_grad):
+            return None
+        if writable:  # numpy's writes bypass autograd's version counter: count this one
+            torch.autograd.graph.increment_version(a)
+        return a.detach().numpy()
+
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
     # -- crossing libraries --------------------------------------------------------------
     def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[torch.Tensor, Optional[str]]:
         if isinstance(obj, np.ndarray):

@@ -121,6 +121,17 @@ class Engine:
         """Why this native array may not be computed by another engine (gradients, tracers)."""
         return None
 
+    def host(self, a: Any, writable: bool = False) -> Any:
+        """``a`` as a numpy array sharing its memory (never a copy), for the row-block
+        kernel of :mod:`batchmv._skinny`; None where that cannot be (another device, a
+        tracer, a tensor that autograd or torch.compile must see)."""
+        return None
+
+    def threads(self) -> Optional[int]:
+        """The threads this library computes with, where it has its own setting; None: the
+        threads of numpy's BLAS pool."""
+        return None
+
     def export_numpy(self, a: Any, *, allow_copy: bool, writable: bool) -> Optional[tuple[Any, Optional[str]]]:
         """This library's own way to share ``a`` with numpy, as (array, copy reason), or
         None where numpy imports it through DLPack."""

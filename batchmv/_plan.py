@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _layout
+from . import _layout, _skinny
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,8 @@ class Plan:
     #: refuses a new one (CopyRequiredError), as it refuses copies
     temporaries: tuple[str, ...] = field(default=())
     gemm: str = "Y2 = X2 @ A.T"  #: what the GEMM computes on the views
+    block_rows: int | None = None  #: rows of A per GEMM call, when the kernel is "gemm row blocks"
+    threads: int | None = None  #: threads that run the row blocks (block j on thread j % threads)
 
     def __str__(self) -> str:
         lines = [
@@ -95,12 +97,17 @@ def describe(call: Any) -> Plan:
         batch *= size if i != call.axis else 1
     flops = 2 * m * n * batch
     itemsize = max(eng.itemsize(call.a), eng.itemsize(call.x))
+    rows = _skinny.plan_for(call)
+    threads = _skinny.threads_of(eng) if rows else None
+    blocked = {"kernel": _skinny.KERNEL, "gemm_calls": rows.calls, "block_rows": rows.rows, "threads": threads} if rows else {}
+    notes = (rows.describe(threads, m * n * eng.itemsize(call.a)),) if rows else ()
     if sched is None:
-        return Plan(
-            backend=eng.name, kernel=eng.expression_kernel, copies=call.copies, flops=flops,
-            bytes=itemsize * (m * n + batch * (n + m)), home=call.home.name, dtype=str(call.dtype),
-            notes=call.notes, op=call.op, gemm=_gemm_text(call.op, None),
-        )  # fmt: skip
+        return Plan(**{
+            "backend": eng.name, "kernel": eng.expression_kernel, "copies": call.copies, "flops": flops,
+            "bytes": itemsize * (m * n + batch * (n + m)), "home": call.home.name, "dtype": str(call.dtype),
+            "notes": tuple(t for t in call.notes if not rows or t != eng.expression_note) + notes,
+            "op": call.op, "gemm": _gemm_text(call.op, None), **blocked,
+        })  # fmt: skip
     a_op, _ = eng.operand(call.a, call.op) if call.op != "N" or call.conj else (call.a, False)
     m, n = eng.shape(a_op)
     distinct = sched.rows * sched.gemm_calls
@@ -124,18 +131,19 @@ def describe(call: Any) -> Plan:
             eng.address(call.out_e)[1] if sched.out_direct else None, "out" if sched.out_direct else "y",
         ),
     )  # fmt: skip
-    return Plan(
-        backend=eng.name,
-        kernel="gemm" if sched.gemm_calls == 1 else "gemm loop",
-        copies=call.copies,
-        flops=flops,
-        bytes=itemsize * (m * n + distinct * n + batch * m),
-        home=call.home.name,
-        dtype=str(call.dtype),
-        gemm_calls=sched.gemm_calls,
-        views=views,
-        notes=call.notes,
-        op=call.op,
-        temporaries=call.temporaries,
-        gemm=_gemm_text(call.op, call.conj),
-    )
+    return Plan(**{
+        "backend": eng.name,
+        "kernel": "gemm" if sched.gemm_calls == 1 else "gemm loop",
+        "copies": call.copies,
+        "flops": flops,
+        "bytes": itemsize * (m * n + distinct * n + batch * m),
+        "home": call.home.name,
+        "dtype": str(call.dtype),
+        "gemm_calls": sched.gemm_calls,
+        "views": views,
+        "notes": call.notes + notes,
+        "op": call.op,
+        "temporaries": call.temporaries,
+        "gemm": _gemm_text(call.op, call.conj),
+        **blocked,
+    })

@@ -7,6 +7,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+from . import _skinny
 from ._call import Call
 
 
@@ -34,9 +35,10 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     if eng is not call.home or call.out is not None or call.copies:
         return None
     if sched is None:
-        return lambda a, x: eng.expression(a, x, axis, op)
+        return _skinny.expression_for(call) or (lambda a, x: eng.expression(a, x, axis, op))
     if sched.loop_shape or sched.zero_axes:
         return None
+    blocked = _skinny.gemm_for(call)  # row blocks of A for skinny batches (op "N" only)
     perm, view_shape, split_shape = sched.perm, sched.view_shape, sched.split_shape
     permute_x = perm != tuple(range(len(perm)))
     view_x = tuple(eng.shape(call.x)[i] for i in perm) != view_shape
@@ -44,8 +46,9 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute_x else None
     plain = op != "N" or conj is not None  # A's memory without torch's lazy conjugate bit
     if not (permute_x or view_x or view_y or plain):
-        return lambda a, x: eng.gemm(x, a)  # x is the GEMM's X2 and its result is y
-    gemm, tracked = _gemm(eng, op, conj), call.tracks_graph
+        gemm = blocked or eng.gemm
+        return lambda a, x: gemm(x, a)  # x is the GEMM's X2 and its result is y
+    gemm, tracked = blocked or _gemm(eng, op, conj), call.tracks_graph
 
     def run(a: Any, x: Any) -> Any:
         if plain:
@@ -84,7 +87,8 @@ def execute(call: Call) -> Any:
     if sched is None:
         a, x = call.a, call.x
         a, x = (v if eng.dtype_of(v) == call.dtype else eng.astype(v, call.dtype) for v in (a, x))
-        return _deliver(call, eng.expression(a, x, call.axis, call.op))
+        blocks = _skinny.expression_for(call)
+        return _deliver(call, blocks(a, x) if blocks else eng.expression(a, x, call.axis, call.op))
     a, x = call.a, call.x
     if call.op != "N" or conj is not None:
         a = eng.plain(a)[0]
@@ -104,7 +108,7 @@ def execute(call: Call) -> Any:
     r2 = _reshape(eng, call.out_e, sched.perm, r_shape) if direct else None
     if r2 is None and eng is not call.home:  # a result another library adopts
         r2 = eng.empty(r_shape, call.dtype, x)
-    gemm = _gemm(eng, call.op, conj, copied=bool(sched.a_copy))
+    gemm = _skinny.gemm_for(call) or _gemm(eng, call.op, conj, copied=bool(sched.a_copy))
     if not sched.loop_shape:
         r2 = gemm(x2, a, r2)
     elif tracked:

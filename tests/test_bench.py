@@ -143,3 +143,71 @@ def test_the_fastest_target_compares_with_the_best_engine_alone():
         (found,) = [t for t in targets.check(report) if t["id"] == "5"]
         assert found["status"] == status, found
         assert found["measured"].startswith(f"worst ratio {max(ratios):.3f}")
+
+
+def test_the_skinny_section_is_configured():
+    parse = command.build_parser().parse_args
+    full = config.Config.from_args(parse([]))
+    assert full.main and len(full.skinny) == 2 * 2 * 7  # 32 and 128 MiB, float32 and float64, batch 1 to 64
+    assert {(m * n * (4 if d == "float32" else 8)) >> 20 for m, n, _, d, _ in full.skinny} == {32, 128}
+    only = config.Config.from_args(parse(["--only", "skinny", "--batch", "2", "8"]))
+    assert not only.main and {p[2] for p in only.skinny} == {2, 8}
+    quick = config.Config.from_args(parse(["--quick"]))
+    assert quick.main and quick.skinny == [(8192, 4096, 2, "float32", "C"), (8192, 4096, 16, "float32", "C")]
+    assert config.Config.from_args(parse(["--m", "64"])).skinny is None  # a grid of one's own
+    assert config.Config.from_args(parse(["--only", "fastest"])).skinny is None
+
+
+def test_skinny_section_runs_and_pairs_every_batchmv_call(monkeypatch):
+    """The section on small arrays with the row-block rule forced: every row, the kernel
+    plan reports, the GEMV roof and the paired ratios, the table and the targets."""
+    import types
+
+    from batchmv import _skinny
+    from batchmv.tools.bench import approaches, machine, report, skinny
+
+    monkeypatch.setattr(_skinny, "A_BYTES_MIN", 0)
+    libs = {k: v for k, v in machine.import_libraries().items() if k in ("numpy", "torch")}
+    import batchmv
+
+    cfg = types.SimpleNamespace(
+        skinny=[(300, 64, 2, "float32", "C"), (300, 64, 8, "float32", "C")], min_time=0.002, max_call=1.0,
+        max_memory_gb=1.0, loop_rows=16, all_peers=False, threads=1,
+    )  # fmt: skip
+    roof = {"peak_gflops": {"numpy": {"float32": 50.0}, "torch": {"float32": 50.0}}, "bandwidth_gbs": 10.0,
+            "bandwidth_by_dtype": {"float32": 10.0}, "fresh_write_gbs": 5.0}  # fmt: skip
+    found = approaches.available(libs, batchmv, cross=False)
+    rows = skinny.run(libs, batchmv, cfg, found, roof, lambda *a: None)
+    names = {r["approach"] for r in rows}
+    assert {"batchmv.matvec numpy", "numpy X @ A.T", skinny.ROOF, "batchmv one GEMM (before) numpy"} <= names
+    assert not any("fastest" in n or "loop" in n for n in names)
+    ours = [r for r in rows if r["approach"] == "batchmv.matvec numpy"]
+    assert all(r["kernel"] == "gemm row blocks" and "paired" in r and "paired_roof" in r for r in ours), ours
+    assert all(r["max_rel_error"] <= r["tolerance"] for r in rows if "median_s" in r)
+    full = {"results": rows, "roofline": roof, "config": {"threads": 1, "main": False},
+            "machine": {"llc_bytes": 0}, "overhead": [], "approaches": []}  # fmt: skip
+    text = "\n".join(skinny.table(full))
+    assert "A 300x64 float32" in text and "batchmv.matvec numpy" in text and "*" in text
+    found_targets = {t["id"]: t for t in targets.check(full)}
+    assert {"S1", "S2", "S3"} <= set(found_targets) and "3" not in found_targets
+    assert found_targets["S3"]["measured"].startswith("worst")
+    assert report.fmt_time(1e-3) == "1.00ms"
+
+
+def test_skinny_targets_pass_and_fail():
+    def row(approach, batch, pct_bw, pct_roof, ratio, kernel="gemm row blocks"):
+        return {"section": "skinny", "approach": approach, "kind": "batchmv", "home": "numpy", "engine": "numpy",
+                "m": 8192, "n": 4096, "dtype": "float32", "layout": "C", "batch": batch, "median_s": 0.01, "a_gbs": 10.0,
+                "pct_roofline": pct_roof, "kernel": kernel, "paired": {"ratio": ratio, "native": "numpy X @ A.T"},
+                "paired_roof": {"ratio": 100 / pct_bw, "pct_bandwidth": pct_bw, "pct_roofline": pct_roof}}  # fmt: skip
+
+    rows = [row("batchmv.matvec numpy", 2, 90, 90, 0.3), row("batchmv.matvec numpy", 4, 75, 75, 0.5),
+            row("batchmv.matvec numpy", 16, 72, 72, 0.9), row("batchmv.matvec numpy", 1, 99, 99, 1.04, "gemm"),
+            row("batchmv.matvec numpy", 64, 60, 60, 1.01)]  # fmt: skip
+    report = {"results": rows, "roofline": {"bandwidth_by_dtype": {"float32": 20.0}}, "overhead": [], "approaches": [],
+              "config": {"threads": 2, "main": False}, "machine": {"llc_bytes": 32 * 2**20}}  # fmt: skip
+    found = {t["id"]: t for t in targets.check(report)}
+    assert found["S1"]["status"] == "FAIL" and found["S1"]["failures"] == ["75% batchmv.matvec numpy 8192x4096 float32 batch 4"]
+    assert found["S2"]["status"] == "PASS"  # batch 16 at 72 %; batch 64 is outside 8-32
+    assert found["S3"]["status"] == "FAIL" and len(found["S3"]["failures"]) == 1  # 1.01 with row blocks; 1.04 at batch 1 is within
+    assert "1.010" in found["S3"]["failures"][0]

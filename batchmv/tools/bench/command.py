@@ -8,12 +8,13 @@ Importing this module imports no array library; the run imports what it uses.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 from ..arguments import positive, positive_float
 from .config import DTYPES, LAYOUTS, Config
-from .plot import plot
+from .plot import plot, plot_skinny
 from .report import print_report, to_json
 from .suite import run
 
@@ -27,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--batch", type=positive, nargs="+", metavar="B", help="batch sizes")
     add("--dtype", choices=DTYPES, nargs="+", help="dtypes (bfloat16: torch only; default: all; --quick: float32)")
     add("--layout", choices=LAYOUTS, nargs="+", help="A in C order, or T: the transposed view of a C-order (n, m) buffer")
-    add("--only", nargs="+", metavar="TEXT", help="only approaches whose name contains one of these (case-insensitive)")
+    add("--only", nargs="+", metavar="TEXT",
+        help="only approaches whose name contains one of these (case-insensitive); 'skinny': only the skinny section "
+             "(A of 32 and 128 MiB, batch 1 to 64)")
     add("--no-cross", action="store_true",
         help="skip batchmv calls whose engine is not the arrays' own library (otherwise run in float32)")
     add("--cross", action="store_true", help="with --quick: include them (--quick skips them otherwise)")
@@ -84,4 +87,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if args.plot:
         plot(report, args.plot)
         print(f"wrote {args.plot}")
+        if config.main and config.skinny:
+            root, ext = os.path.splitext(args.plot)
+            plot_skinny(report, f"{root}-skinny{ext}")
+            print(f"wrote {root}-skinny{ext}")
     return 0

@@ -15,6 +15,11 @@ FULL_SHAPES = ((64, 64), (512, 512), (1024, 1024), (4096, 4096), (64, 4096), (40
 FULL_BATCHES = (1, 16, 256, 4096, 100_000)
 QUICK_SHAPES = ((64, 64), (1024, 1024))
 QUICK_BATCHES = (1, 256, 4096)
+#: The skinny section: A of these MiB (n = 4096 for float32, 2048 for float64), these batches.
+SKINNY_MIB = (32, 128)
+SKINNY_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+SKINNY_DTYPES = ("float32", "float64")
+QUICK_SKINNY = ((128,), (2, 16), ("float32",))
 
 
 @dataclass
@@ -35,6 +40,8 @@ class Config:
     progress: bool = True
     peak_size: int = 2048
     copy_mb: int = 256
+    main: bool = True  #: the main grid runs (not with --only skinny alone)
+    skinny: list[tuple[int, int, int, str, str]] | None = None  #: the skinny section's points, or None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Config:
@@ -61,7 +68,27 @@ class Config:
             progress=not args.no_progress,
             peak_size=1024 if quick else 2048,
             copy_mb=64 if quick else 256,
+            main=not (args.only and [text.lower() for text in args.only] == ["skinny"]),
+            skinny=skinny_points(args),
         )
+
+
+def skinny_points(args: argparse.Namespace) -> list[tuple[int, int, int, str, str]] | None:
+    """(m, n, batch, dtype, "C") of the skinny section: with the full grid, ``--quick`` (a
+    smaller one) or ``--only skinny``; None with a grid of one's own (--m, --n, --batch)
+    or ``--only`` without "skinny"."""
+    only = [text.lower() for text in args.only] if args.only else None
+    if (only is not None and "skinny" not in only) or (only is None and (args.m or args.n or args.batch)):
+        return None
+    mibs, batches, dtypes = QUICK_SKINNY if args.quick else (SKINNY_MIB, SKINNY_BATCHES, SKINNY_DTYPES)
+    dtypes = [d for d in dtypes if d in (args.dtype or dtypes)]
+    points = []
+    for mib in mibs:
+        for dtype in dtypes:  # (every batch of one A in turn: the grid keeps A between them)
+            n = 4096 if dtype == "float32" else 2048
+            for b in sorted(set(args.batch or batches)):
+                points.append((mib * 2**20 // (n * (4 if dtype == "float32" else 8)), n, b, dtype, "C"))
+    return points
 
 
 def cpu_count() -> int:

@@ -20,10 +20,12 @@ import os
 import time
 from typing import Any, Callable
 
+from batchmv import _timing
+
 from .approaches import Approach, NotApplicable
 from .arrays import at_point, itemsize, max_rel_error, tolerance
 from .config import HOMES, Config
-from .roofline import engine_peak, roof
+from .roofline import bandwidth, engine_peak, roof
 from .targets import NATIVE_LIMIT_S, TARGET3_CHECKS, TARGET3_POINT
 from .timing import Timing, measure, paired, seconds_per_call, timed_call
 
@@ -39,17 +41,22 @@ def points(config: Config) -> list[tuple[int, int, int, str, str]]:
     ]
 
 
-def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[str, Any]]:  # noqa: ANN001
+def run(libs, batchmv, config, approaches, points, roofline, tick, pair_all=0.0) -> list[dict[str, Any]]:  # noqa: ANN001
     """The result rows of every applicable approach at every point; ``tick(label, count=1)``
-    reports progress."""
+    reports progress.  ``pair_all`` (seconds, or 0): every batchmv call of a home engine is
+    timed again alternating with the best native call (not only those over 1.05 x its
+    median), for about twice that many seconds; with more than one thread, each timing of
+    a batchmv call then first runs it for :data:`batchmv._timing.SETTLE_S` seconds, so that
+    the thread pool a native call before it woke has gone idle (row blocks run in a pool of
+    Python threads that sleep when idle; OpenBLAS's and OpenMP's spin for a while)."""
+    settle = _timing.SETTLE_S if pair_all and config.threads > 1 else 0.0
     results: list[dict[str, Any]] = []
     #: per (m, n, dtype, layout, approach): (batch, seconds) of the last measurement, to estimate the next
     last: dict[tuple[Any, ...], tuple[int, float]] = {}
-    bw = roofline["bandwidth_gbs"]
     cache: dict[tuple[Any, ...], Any] = {}
     for m, n, b, dtype, layout in points:
-        key = (m, n, b)
-        if cache.get("key") != key:  # new arrays for each (m, n, batch); freed before the next
+        key = (m, n)
+        if cache.get("key") != key:  # new arrays for each (m, n) (x: for each batch); freed before the next
             cache.clear()
             gc.collect()
             cache["key"] = key
@@ -71,7 +78,7 @@ def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[
             results.append(row)
             peak = engine_peak(roofline, a.engine, dtype)
             flops = 2 * m * n * b
-            ai, attainable = roof(peak or math.inf, bw, m, n, b, dtype)
+            ai, attainable = roof(peak or math.inf, bandwidth(roofline, dtype), m, n, b, dtype)
             row.update(ai=ai, attainable_gflops=attainable, peak_gflops=peak)
             # estimate: twice the roofline time; for the linear peers, the fastest block of the
             # last measurement (at a smaller batch) scaled linearly when that is longer
@@ -100,7 +107,9 @@ def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[
                     t = Timing(second, 0.0, second, 1, 1)
                     row["note"] = f"one call after a warm-up of {first:.2g} s (> 2 * --max-call)"
                 else:
-                    t = measure(fn, config.min_time, first)
+                    if settle and a.kind in ("batchmv", "prepare"):
+                        _timing.run_times(fn, min_runs=1, max_runs=10**9, budget_s=settle, warmup=0)
+                    t = measure(fn, config.min_time, None if settle and a.kind in ("batchmv", "prepare") else first)
             except NotApplicable as err:
                 row["skipped"] = f"n/a: {err}"
                 continue
@@ -109,7 +118,7 @@ def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[
                 continue
             finally:
                 row["wall_s"] = time.perf_counter() - wall
-            keep = a.kind in ("batchmv", "prepare", "native") and a.engine == a.home and "fastest" not in a.name
+            keep = a.kind in ("batchmv", "prepare", "native", "roof") and a.engine == a.home and "fastest" not in a.name
             if (keep and rows == b) or (m, n, b, dtype, layout) == TARGET3_POINT:
                 kept[a.name] = (row, fn)
             fn = None
@@ -120,19 +129,25 @@ def run(libs, batchmv, config, approaches, points, roofline, tick) -> list[dict[
             row.update(
                 median_s=seconds, iqr_s=t.iqr * scale, blocks=t.blocks, calls_per_block=t.number,
                 timed_rows=rows, gflops=gflops, pct_roofline=100 * gflops / attainable,
+                a_gbs=m * n * itemsize(dtype) / seconds / 1e9,
                 pct_peak=100 * gflops / peak if peak else None, best_s=t.best * scale,
                 load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             )  # fmt: skip
             row["tolerance"] = tolerance(dtype, n)
-        _confirm(kept, config)
+        _confirm(kept, config, pair_all, settle)
         kept.clear()
     return results
 
 
-def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: Config) -> None:
+def _confirm(
+    kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: Config, pair_all: float = 0.0, settle: float = 0.0
+) -> None:
     """Target (1) at one point: where a batchmv call's median exceeds 1.05 x the best native
     call of its library (taking > 100 us), time the two again alternating block by block, so
-    that a change of the machine's load hits both alike; the paired ratio goes in the row."""
+    that a change of the machine's load hits both alike; the paired ratio goes in the row.
+    ``pair_all``: every such call, and each also against the point's "roof" call (a GEMV
+    on the same A: the rate A is read at, measured alongside)."""
+    roofs = [(r, f) for r, f in kept.values() if r["kind"] == "roof" and "median_s" in r]
     for peer, ours, _ in TARGET3_CHECKS:  # at target (3)'s point: each speed-up, paired too
         if peer in kept and ours in kept and "median_s" in kept[peer][0] and "median_s" in kept[ours][0]:
             (prow, pfn), (orow, ofn) = kept[peer], kept[ours]
@@ -144,16 +159,19 @@ def _confirm(kept: dict[str, tuple[dict[str, Any], Callable[[], Any]]], config: 
         if not natives:
             continue
         best, best_fn = min(natives, key=lambda rf: rf[0]["median_s"])
-        if best["median_s"] <= NATIVE_LIMIT_S:
+        if best["median_s"] <= NATIVE_LIMIT_S and not pair_all:
             continue
         for row, fn in kept.values():
             if row["home"] != home or row["kind"] not in ("batchmv", "prepare") or "median_s" not in row:
                 continue
             if row["engine"] != row["home"] or "fastest" in row["approach"] or row["timed_rows"] != row["batch"]:
                 continue
-            if row["median_s"] > 1.05 * best["median_s"]:
-                ratio, pairs = paired(fn, best_fn, row["median_s"], best["median_s"], config.min_time)
+            if row["median_s"] > 1.05 * best["median_s"] or pair_all:
+                ratio, pairs = paired(fn, best_fn, row["median_s"], best["median_s"], pair_all or config.min_time, settle)
                 row["paired"] = {"native": best["approach"], "ratio": ratio, "pairs": pairs}
+            for roof_row, roof_fn in roofs if pair_all and row["kind"] == "batchmv" else ():
+                ratio, pairs = paired(fn, roof_fn, row["median_s"], roof_row["median_s"], pair_all, settle)
+                row["paired_roof"] = {"roof": roof_row["approach"], "ratio": ratio, "pairs": pairs}
 
 
 def _ident(a: Approach) -> dict[str, Any]:

@@ -50,6 +50,7 @@ def describe(libs: dict[str, Any], config: Config, cpus: int) -> dict[str, Any]:
     from threadpoolctl import threadpool_info
 
     import batchmv
+    from batchmv import _skinny
 
     cpu = platform.processor() or "?"
     try:
@@ -83,6 +84,9 @@ def describe(libs: dict[str, Any], config: Config, cpus: int) -> dict[str, Any]:
         "threads": config.threads,
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads_note": "BLAS pools: threadpoolctl; torch: set_num_threads; jax (XLA): the CPU affinity of the run",
+        "caches": caches(),
+        "llc_bytes": _skinny.LLC_BYTES,
+        "l2_bytes": _skinny.L2_BYTES,
     }
     torch = libs.get("torch")
     if torch is not None:
@@ -97,3 +101,22 @@ def describe(libs: dict[str, Any], config: Config, cpus: int) -> dict[str, Any]:
     if jax is not None:
         info["jax_devices"] = [str(d) for d in jax.devices()]
     return info
+
+
+def caches(root: str = "/sys/devices/system/cpu/cpu0/cache") -> list[dict[str, str]]:
+    """The caches of the first CPU as sysfs lists them: level, type, size, CPUs sharing it."""
+    found = []
+    try:
+        entries = sorted(e for e in os.listdir(root) if e.startswith("index"))
+    except OSError:
+        return found
+    for entry in entries:
+        item = {}
+        for key in ("level", "type", "size", "shared_cpu_list"):
+            try:
+                with open(os.path.join(root, entry, key)) as fh:
+                    item[key] = fh.read().strip()
+            except OSError:
+                item[key] = "?"
+        found.append(item)
+    return found

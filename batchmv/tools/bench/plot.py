@@ -49,7 +49,10 @@ def plot(report: dict[str, Any], path: str, max_panels: int = 12) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    rows = measured(report)
+    rows = [r for r in measured(report) if r.get("section") != "skinny"]
+    if not rows:  # --only skinny
+        plot_skinny(report, path)
+        return
     layouts = report["config"]["layouts"]
     layout = "C" if "C" in layouts else layouts[0]
     rows = [r for r in rows if r["layout"] == layout]
@@ -115,4 +118,47 @@ def plot(report: dict[str, Any], path: str, max_panels: int = 12) -> None:
     )
     labels = [h for h in order if h in handles] + [h for h in handles if h not in order]
     fig.legend([handles[h] for h in labels], labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
+    fig.savefig(path, dpi=100)
+
+
+def plot_skinny(report: dict[str, Any], path: str) -> None:
+    """The skinny section: GB/s of A read against batch size per approach, one panel per A
+    and dtype, with the memory roof (the fastest GEMV of the dtype)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in measured(report) if r.get("section") == "skinny"]
+    panels = sorted({(r["m"], r["n"], r["dtype"]) for r in rows}, key=lambda k: (DTYPES.index(k[2]), k[0] * k[1]))
+    cols = min(2, max(1, len(panels)))
+    fig = Figure(figsize=(6.4 * cols, 4.2 * math.ceil(len(panels) / cols) + 2.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    handles: dict[str, Any] = {}
+    bw = report["roofline"].get("bandwidth_by_dtype", {})
+    for i, (m, n, dtype) in enumerate(panels):
+        ax = fig.add_subplot(math.ceil(len(panels) / cols), cols, i + 1)
+        series: dict[str, dict[int, float]] = {}
+        kinds: dict[str, tuple[str, str]] = {}
+        for r in rows:
+            if (r["m"], r["n"], r["dtype"]) == (m, n, dtype) and (r["kind"] == "roof" or r["engine"] == r["home"]):
+                series.setdefault(r["approach"], {})[r["batch"]] = r["a_gbs"]
+                kinds[r["approach"]] = (r["kind"], r["home"])
+        for label, s in series.items():
+            kind, home = kinds[label]
+            style = {"color": "black", "ls": ":", "lw": 1.2} if kind == "roof" else _plot_style(label, kind, home)
+            if kind == "before":
+                style = {"color": _LIB_COLOR.get(home, "black"), "ls": (0, (1, 1)), "lw": 1.0, "marker": "s", "ms": 3, "alpha": 0.7}
+            xs = sorted(s)
+            (line,) = ax.plot(xs, [s[b] for b in xs], label=label, **style)
+            handles.setdefault(label, line)
+        if dtype in bw:
+            line = ax.axhline(bw[dtype], color="black", lw=1.0, alpha=0.5)
+            handles.setdefault("memory roof: the fastest GEMV of the dtype (roofline)", line)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"A {m}x{n} {dtype} ({m * n * (4 if dtype == 'float32' else 8) / 2**20:.0f} MiB)", fontsize=10)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("GB/s of A read (median)")
+        ax.grid(True, alpha=0.3)
+    mach = report["machine"]
+    fig.suptitle(f"Skinny batches on {mach['cpu_model']}, {report['config']['threads']} thread(s)", fontsize=11)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=cols + 1, fontsize=8, frameon=False)
     fig.savefig(path, dpi=100)

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from .overhead import TINY
+from .skinny import table as skinny_table
 
 
 def to_json(report: dict[str, Any]) -> str:
@@ -66,15 +67,21 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print(f"BLAS (threadpoolctl): {blas}" + (f"; torch: {mach['torch']['blas']}" if "torch" in mach else ""))
     peaks = "; ".join(f"{lib} " + ", ".join(f"{d} {g:.0f}" for d, g in per.items()) for lib, per in roof["peak_gflops"].items())
-    copied = roof["before"]["bandwidth_detail"]["bytes_copied"] / 2**20
+    detail = roof["before"]["bandwidth_detail"]
+    gemv = "; ".join(f"{lib} " + ", ".join(f"{d} {v['gbs']:.1f}" for d, v in per.items()) for lib, per in detail["gemv"].items())
     print(f"roofline (measured before and after the grid, the higher used): peak GEMM GFLOP/s ({cfg['peak_size']}^3, "
-          f"fastest block): {peaks}; memory bandwidth {roof['bandwidth_gbs']:.1f} GB/s (copy of {copied:.0f} MiB; "
-          f"writing a new array: {roof['fresh_write_gbs']:.1f} GB/s)")  # fmt: skip
+          f"fastest block): {peaks}; memory: GB/s of A read by A @ x over an A of {detail['a_mib']} MiB (fastest "
+          f"block): {gemv}; roof per dtype: " + ", ".join(f"{d} {g:.1f}" for d, g in roof["bandwidth_by_dtype"].items())
+          + f" (writing a new array: {roof['fresh_write_gbs']:.1f} GB/s)")  # fmt: skip
+    caches = ", ".join(f"L{c['level']} {c['type'].lower()} {c['size']}" for c in mach.get("caches", []))
+    if caches:
+        print(f"caches (cpu0): {caches}")
     results = report["results"]
     batches = cfg["batches"]
     blocks: dict[tuple[Any, ...], dict[str, dict[int, dict[str, Any]]]] = {}
     for r in results:
-        blocks.setdefault((r["m"], r["n"], r["dtype"], r["layout"]), {}).setdefault(r["approach"], {})[r["batch"]] = r
+        if r.get("section") != "skinny":  # (the skinny section has its own table)
+            blocks.setdefault((r["m"], r["n"], r["dtype"], r["layout"]), {}).setdefault(r["approach"], {})[r["batch"]] = r
     width = 27
     for (m, n, dtype, layout), per in blocks.items():
         print(f"\nm={m} n={n} {dtype}, A {'C order' if layout == 'C' else 'transposed view (T)'}: "
@@ -91,6 +98,7 @@ def print_report(report: dict[str, Any]) -> None:
         "skip: estimated above --max-call; mem: A, x and y above --max-memory; n/a: not possible for these arrays.\n"
         "% of roofline: GFLOP/s / min(peak GEMM of the engine and dtype, AI * bandwidth), AI = flops / bytes of A, x, y."
     )
+    print("\n".join(skinny_table(report)))
     if report["overhead"]:
         print(f"\nOverhead at m = n = {TINY}, float32 (median; overhead = time - best native call of the library):")
         for o in report["overhead"]:

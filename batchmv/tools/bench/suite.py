@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from . import approaches, grid, isolation, machine, overhead, roofline, targets
+from . import approaches, grid, isolation, machine, overhead, roofline, skinny, targets
 from .config import Config, cpu_count
 
 
@@ -41,10 +41,8 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
         x64_before = bool(jax.config.jax_enable_x64)
         jax.config.update("jax_enable_x64", True)
     torch_threads = torch.get_num_threads() if torch is not None else None
-    timed = [
-        a for a in approaches.available(libs, batchmv, config.cross)
-        if config.only is None or any(text in a.name.lower() for text in config.only)
-    ]  # fmt: skip
+    found = approaches.available(libs, batchmv, config.cross)
+    timed = [a for a in found if config.only is None or any(text in a.name.lower() for text in config.only)]
     started = time.time()
     try:
         with threadpool_limits(limits=config.threads):
@@ -53,18 +51,20 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
             about = machine.describe(libs, config, cpus)
             if jax_before and "jax" in libs:
                 about["threads_note"] += " (jax was imported before the run: its threads may use every CPU)"
-            points = grid.points(config)
-            alone = config.cross and any("fastest" in a.name for a in timed)
-            total = 2 * (2 + len(libs) * len(config.dtypes)) + sum(
+            points = grid.points(config) if config.main else []
+            alone = config.main and config.cross and any("fastest" in a.name for a in timed)
+            total = 2 * (2 + 2 * len(libs) * len(config.dtypes)) + sum(
                 len([a for a in timed if a.runs_at(d, lay, b, config.all_peers)]) for (_, _, b, d, lay) in points
-            ) + (isolation.children(config) if alone else 0)
+            ) + (isolation.children(config) if alone else 0) + skinny.count(config, found)
             bar = _progress(total, config.progress)
             tick = functools.partial(_tick, bar)
             try:
                 start = roofline.measure(libs, config, tick)
-                results = grid.run(libs, batchmv, config, timed, points, start, tick)
+                results = grid.run(libs, batchmv, config, timed, points, start, tick) if points else []
+                if config.skinny:
+                    results += skinny.run(libs, batchmv, config, found, start, tick)
                 tick("overhead at m = n = 16")
-                tiny = overhead.measure(libs, batchmv, config)
+                tiny = overhead.measure(libs, batchmv, config) if config.main else []
                 # the roofline again: on a shared machine the first one may have met a busy moment
                 roof = roofline.merge(start, roofline.measure(libs, config, tick))
                 roofline.annotate(results, roof)
@@ -85,7 +85,7 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
         "roofline": roof,
         "approaches": [
             {"name": a.name, "home": a.home, "engine": a.engine, "kind": a.kind, "linear": a.linear, "dtypes": list(a.dtypes)}
-            for a in timed
+            for a in (timed if config.main else []) + (skinny.approaches(found, None, {}) if config.skinny else [])
         ],
         "results": results,
         "overhead": tiny,

@@ -86,6 +86,8 @@ def check(report: dict[str, Any]) -> list[dict[str, Any]]:
             "measured": f"worst ratio {worst['ratio']:.3f} ({_fastest_point(worst)}); {len(checked) - len(fails)}/{len(checked)} points within 1.05",
             "failures": [f"{r['ratio']:.3f} {_fastest_point(r)}" for r in sorted(fails, key=lambda r: -r["ratio"])],
         })  # fmt: skip
+    if not report.get("config", {}).get("main", True):  # --only skinny: the main grid's targets have nothing to read
+        return out + skinny_checks(report, rows)
     # (3) speed-ups at m = n = 1024, batch 4096, float32, A in C order
     m3, n3, b3, d3, l3 = TARGET3_POINT
     at = _at(rows, m=m3, n=n3, batch=b3, dtype=d3, layout=l3)
@@ -103,6 +105,7 @@ def check(report: dict[str, Any]) -> list[dict[str, Any]]:
             + f"medians {speedup:.1f}x ({o['median_s'] * 1e3:.2f} ms vs {p['median_s'] * 1e3:.1f} ms"
             + (f", the peer timed on {p['timed_rows']} vectors and scaled)" if p["timed_rows"] < p["batch"] else ")"),
         })  # fmt: skip
+    out += skinny_checks(report, rows)
     # (4) >= 85 % of the engine's peak GEMM at batch >= 256, m, n >= 1024
     big = [
         r for r in rows
@@ -143,3 +146,61 @@ def _pkey(r: dict[str, Any]) -> tuple[Any, ...]:
 def _key(key: tuple[Any, ...]) -> str:
     m, n, b, dtype, layout, home = key
     return f"{home} {m}x{n} batch {b} {dtype} A {layout}"
+
+
+def skinny_checks(report: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The skinny section's targets (issue 15), on the home engine: (S1) batch 2 to 4, A
+    beyond the last-level cache: batchmv.matvec >= 80 % of the bandwidth roof (GB/s of A
+    read against a GEMV on the same A, timed alternately with it); (S2) batch 8 to 32
+    there: >= 70 % of min(peak GEMM, AI x that bandwidth); (S3) at every point of the
+    section, batchmv.matvec's and prepare's
+    paired time ratio to the best native call of the library <= 1.0 where row blocks run,
+    <= 1.05 where batchmv runs the native kernel itself (one GEMM, or GEMV at batch 1)."""
+    ours = [
+        r for r in rows
+        if r.get("section") == "skinny" and r["kind"] in ("batchmv", "prepare") and r["engine"] == r["home"]
+        and "fastest" not in r["approach"]
+    ]  # fmt: skip
+    if not ours:
+        return []
+    llc = report["machine"].get("llc_bytes") or 0
+    threads = report["config"]["threads"]
+
+    def beyond(r: dict[str, Any]) -> bool:
+        return r["m"] * r["n"] * (4 if r["dtype"] == "float32" else 8) > llc
+
+    def where(r: dict[str, Any]) -> str:
+        return f"{r['approach']} {r['m']}x{r['n']} {r['dtype']} batch {r['batch']}"
+
+    out = []
+    roofed = [r for r in ours if "paired_roof" in r and beyond(r)]  # batchmv.matvec, against the GEMV timed with it
+    low = [(r["paired_roof"]["pct_bandwidth"], r) for r in roofed if 2 <= r["batch"] <= 4]
+    high = [(r["paired_roof"]["pct_roofline"], r) for r in roofed if 8 <= r["batch"] <= 32]
+    for tid, checked, least, what in (
+        ("S1", low, 80, "batch 2-4, A beyond the last-level cache: batchmv.matvec >= 80% of the bandwidth roof "
+         "(GB/s of A read / a GEMV's on the same A, timed alternately)"),
+        ("S2", high, 70, "batch 8-32, A beyond the last-level cache: batchmv.matvec >= 70% of min(peak GEMM, AI x bandwidth)"),
+    ):
+        fails = sorted((c for c in checked if c[0] < least), key=lambda c: c[0])
+        worst = min(checked, key=lambda c: c[0], default=None)
+        out.append({
+            "id": tid, "target": f"{what}, {threads} thread(s)",
+            "status": "n/a" if not checked else ("PASS" if not fails else "FAIL"),
+            "measured": None if worst is None else
+            f"worst {worst[0]:.0f}% ({where(worst[1])}); {len(checked) - len(fails)}/{len(checked)} points >= {least}%",
+            "failures": [f"{p:.0f}% {where(r)}" for p, r in fails],
+        })  # fmt: skip
+    paired = [(r["paired"]["ratio"], r) for r in ours if "paired" in r]
+    limit = lambda r: 1.0 if r.get("kernel") == "gemm row blocks" else 1.05  # noqa: E731
+    fails = sorted(((q, r) for q, r in paired if q > limit(r)), key=lambda c: -c[0])
+    worst = max(paired, key=lambda c: c[0] / limit(c[1]), default=None)
+    out.append({
+        "id": "S3", "target": f"skinny section: <= 1.0 x the best native call of the library where row blocks run, "
+        f"<= 1.05 x where batchmv runs the native kernel (paired), {threads} thread(s)",
+        "status": "n/a" if not paired else ("PASS" if not fails else "FAIL"),
+        "measured": None if worst is None else
+        f"worst {worst[0]:.3f} ({where(worst[1])} vs {worst[1]['paired']['native']}); {len(paired) - len(fails)}/{len(paired)} points within",
+        "failures": [f"{q:.3f} {where(r)} vs {r['paired']['native']}" for q, r in fails],
+        "ratios": [{"ratio": q, "point": where(r), "kernel": r.get("kernel")} for q, r in paired],
+    })  # fmt: skip
+    return out

@@ -60,15 +60,25 @@ def timed_call(fn: Callable[[], Any]) -> tuple[Any, float]:
     return results[0], seconds
 
 
-def paired(fa: Callable[[], Any], fb: Callable[[], Any], ta: float, tb: float, min_time: float) -> tuple[float, int]:
+def paired(
+    fa: Callable[[], Any], fb: Callable[[], Any], ta: float, tb: float, min_time: float, settle: float = 0.0
+) -> tuple[float, int]:
     """Median over alternating blocks (a, b, a, b, ...) of time(a) / time(b) per call, the
-    blocks sized from the per-call times ``ta`` and ``tb`` as in :func:`measure`."""
+    blocks sized from the per-call times ``ta`` and ``tb`` as in :func:`measure`.
+    ``settle``: seconds each block of ``fa`` first runs untimed, so that the thread pool
+    ``fb`` woke has gone idle (benchmarks/README.md, "Thread pools"); then 3 pairs."""
     na, nb = max(1, int(min_time / 10 / ta)), max(1, int(min_time / 10 / tb))
-    least = 3 if max(ta, tb) >= min_time / 2 else 7
+    least = 3 if max(ta, tb) >= min_time / 2 or settle else 7
     ratios: list[float] = []
     total = 0.0
-    while len(ratios) < least or (total < 2 * min_time and len(ratios) < 1000):
-        a, b = seconds_per_call(fa, na), seconds_per_call(fb, nb)
+    while len(ratios) < least or (total < 2 * min_time and len(ratios) < (3 if settle else 1000)):
+        a, b = _settled(fa, na, settle), seconds_per_call(fb, nb)
         ratios.append(a / b)
         total += a * na + b * nb
     return statistics.median(ratios), len(ratios)
+
+
+def _settled(fn: Callable[[], Any], number: int, settle: float) -> float:
+    if settle:
+        _timing.run_times(fn, min_runs=1, max_runs=10**9, budget_s=settle, warmup=0)
+    return seconds_per_call(fn, number)
