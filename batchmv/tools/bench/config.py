@@ -19,7 +19,7 @@ QUICK_BATCHES = (1, 256, 4096)
 SKINNY_MIB = (32, 128)
 SKINNY_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 SKINNY_DTYPES = ("float32", "float64")
-QUICK_SKINNY = ((128,), (2, 16), ("float32",))
+QUICK_SKINNY = ((128,), (2,), ("float32",))
 
 
 @dataclass

@@ -65,13 +65,12 @@ def _one_gemm(A: Any, X: Any) -> Callable[[], Any]:
     return lambda: run(A, X)
 
 
-def run(libs, batchmv, config, found, roofline, tick) -> list[dict[str, Any]]:  # noqa: ANN001
-    """The skinny section's result rows (``found``: every approach of the run)."""
-    from . import grid
-
+def run(libs, batchmv, config, found, roofline, tick, grid_run) -> list[dict[str, Any]]:  # noqa: ANN001
+    """The skinny section's result rows (``found``: every approach of the run), timed by
+    ``grid_run`` (:func:`.grid.run`, passed in: the grid's module imports the report's)."""
     kernels: dict[tuple[Any, ...], str] = {}
     timed = approaches(found, batchmv, kernels)
-    rows = grid.run(libs, batchmv, config, timed, config.skinny, roofline, tick, pair_all=5 * config.min_time)
+    rows = grid_run(libs, batchmv, config, timed, config.skinny, roofline, tick, pair_all=5 * config.min_time)
     for r in rows:
         r["section"] = "skinny"
         if r["kind"] == "roof" and r.get("median_s"):  # one vector, not the batch

@@ -62,7 +62,7 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
                 start = roofline.measure(libs, config, tick)
                 results = grid.run(libs, batchmv, config, timed, points, start, tick) if points else []
                 if config.skinny:
-                    results += skinny.run(libs, batchmv, config, found, start, tick)
+                    results += skinny.run(libs, batchmv, config, found, start, tick, grid.run)
                 tick("overhead at m = n = 16")
                 tiny = overhead.measure(libs, batchmv, config) if config.main else []
                 # the roofline again: on a shared machine the first one may have met a busy moment
