@@ -7,7 +7,7 @@ is neither C- nor F-contiguous (a row slice ``X[:, :n]`` has a unit stride and a
 dimension cuBLAS can read, yet CuPy copies it), and its path for more than two dimensions
 makes operands contiguous.  This engine passes the views' own leading dimensions to
 ``cublas<s,d,c,z>gemm`` (``cublasGemmEx`` for float16, accumulating in float32), with the
-transpose flags and operand order computed by :func:`batchmv._layout.cublas_args`
+transpose flags and operand order computed by :func:`batchmv._cublas.cublas_args`
 (row-major views as a column-major problem: ``Y2.T = A @ X2.T``).  Views cuBLAS cannot
 read are copied first, and :func:`batchmv.plan` reports each copy.
 
@@ -45,7 +45,7 @@ import numpy as np
 from .._checks import dlpack_device, require_copy
 from .._engine import StridedEngine
 from .._errors import CopyRequiredError
-from .._layout import CUBLAS_INT_MAX, conj_readable, cublas_args
+from .._cublas import CUBLAS_INT_MAX, conj_readable, cublas_args
 
 #: dtypes cuBLAS multiplies: float32, float64, complex64, complex128, float16 (GemmEx)
 _CUBLAS_CHARS = frozenset("fdFDe")

@@ -1,6 +1,6 @@
 """The arithmetic of the cupy engine's cuBLAS call, checked without a GPU.
 
-:func:`batchmv._layout.cublas_args` turns three row-major views (``Y2 = X2 @ A.T``) into
+:func:`batchmv._cublas.cublas_args` turns three row-major views (``Y2 = X2 @ A.T``) into
 the arguments of one column-major ``cublas<t>gemm``.  Here numpy *emulates cuBLAS's
 addressing rules* on flat buffers: element (i, j) of a column-major operand with leading
 dimension ``ld`` is ``buffer[offset + i + j * ld]``, ``op`` transposes it, and C is
@@ -23,7 +23,7 @@ import pytest
 
 import batchmv
 import support
-from batchmv._layout import CUBLAS_INT_MAX, CUBLAS_OP_C, CUBLAS_OP_N, CUBLAS_OP_T, CublasGemm, conj_readable, cublas_args
+from batchmv._cublas import CUBLAS_INT_MAX, CUBLAS_OP_C, CUBLAS_OP_N, CUBLAS_OP_T, CublasGemm, conj_readable, cublas_args
 
 
 def _stored(buf: np.ndarray, offset: int, rows: int, cols: int, ld: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +210,7 @@ def test_cublas_args_needs_no_gpu_library():
     proc = support.run_python(
         """
         import sys
-        from batchmv._layout import cublas_args
+        from batchmv._cublas import cublas_args
         cublas_args(10, 4, 3, (4, 1), (1, 4), (3, 1))
         print(sorted(m for m in sys.modules if m.split(".")[0] in ("cupy", "cupy_backends", "torch", "jax")))
         """

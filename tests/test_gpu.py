@@ -69,7 +69,7 @@ def test_importing_batchmv_imports_no_gpu_library():
         import sys
         import numpy as np
         import batchmv, batchmv.tools.cli
-        from batchmv._layout import cublas_args
+        from batchmv._cublas import cublas_args
         batchmv.available_backends()
         batchmv.matvec(np.ones((2, 3)), np.ones((4, 3)))
         cublas_args(4, 3, 2, (3, 1), (1, 3), (2, 1))
