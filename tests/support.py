@@ -552,3 +552,18 @@ def check_forked(entry: dict) -> Any:
     assert payload is not None, "the child process reported nothing"
     assert payload["ok"], payload.get("traceback") or payload["error"]
     return payload["value"]
+
+
+def traced_extra(fn: Any) -> tuple[int, Any]:
+    """Peak bytes allocated while ``fn`` runs, beyond what was allocated before it."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak - before, result

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ import pytest
 import batchmv
 import support
 from batchmv import _registry
-from test_matrix import A_LAYOUTS, AXES, X_LAYOUTS, M, N, engines_for, make_a, make_x, valid
+from test_matrix import A_LAYOUTS, AXES, X_LAYOUTS, M, N, _pair_cases, make_a, make_x, valid
 
 OPS = ("T", "H")
 BATCHES = {"none": (), "one": (7,), "several": (3, 4, 2)}
@@ -79,18 +78,6 @@ def run_case(home, engine, dtype, a_layout, x_layout, batch, axis_kind, op, out_
         support.assert_matvec_close(batchmv.rmatvec(A, x, axis=axis, backend=engine), ref, scale, M, dtype)
 
 
-def _cases(case_lists):
-    params = []
-    for home, engine in ((h, e) for h in support.home_libraries() for e in engines_for(h)):
-        marks = support.lib_marks(home) if engine == "auto" else support.lib_marks(home, engine)
-        if marks:
-            params.append(pytest.param(home, engine, *([None] * 7), id=f"{home}-on-{engine}", marks=marks))
-            continue
-        for values in case_lists(home, engine):
-            params.append(pytest.param(home, engine, *values, id="-".join([f"{home}-on-{engine}", *values])))
-    return params
-
-
 ARGS = "home, engine, dtype, a_layout, x_layout, batch, axis_kind, op, out_kind"
 
 
@@ -103,7 +90,7 @@ def _layout_cases(home, engine):
             yield ("complex128", a_layout, x_layout, batch, axis_kind, op, out_kind)
 
 
-@pytest.mark.parametrize(ARGS, _cases(_layout_cases))
+@pytest.mark.parametrize(ARGS, _pair_cases(_layout_cases))
 def test_op_layouts(home, engine, dtype, a_layout, x_layout, batch, axis_kind, op, out_kind):
     run_case(home, engine, dtype, a_layout, x_layout, batch, axis_kind, op, out_kind)
 
@@ -118,13 +105,13 @@ def _dtype_cases(home, engine):
                     yield (dtype, a_layout, x_layout, "several", axis_kind, op, "none")
 
 
-@pytest.mark.parametrize(ARGS, _cases(_dtype_cases))
+@pytest.mark.parametrize(ARGS, _pair_cases(_dtype_cases))
 def test_op_dtypes(home, engine, dtype, a_layout, x_layout, batch, axis_kind, op, out_kind):
     run_case(home, engine, dtype, a_layout, x_layout, batch, axis_kind, op, out_kind, seed=1)
 
 
 def test_op_cases_cover_every_pair():
-    ids = [p.id for p in _cases(_layout_cases) if not p.marks]
+    ids = [p.id for p in _pair_cases(_layout_cases) if not p.marks]
     for home, engine in itertools.product(support.testable(), repeat=2):
         if not support.cross_device_reason(home, engine):
             assert any(i.startswith(f"{home}-on-{engine}-") for i in ids)
@@ -265,18 +252,6 @@ def test_gemm_pointer_check_positive_control(engine_name, monkeypatch):
     support.assert_matvec_close(y, support.reference(op_matrix(B, "H"), x, -1), support.magnitude(op_matrix(B, "H"), x, -1), 9, "complex128")
 
 
-def traced_extra(fn):
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return peak - before, result
-
-
 @support.needs("numpy")
 @pytest.mark.parametrize("a_name", NO_COPY_A)
 @pytest.mark.parametrize("op", OPS)
@@ -284,7 +259,7 @@ def test_numpy_allocates_no_copy_of_a(a_name, op):
     A = a_view(a_name, 400, 300, "complex128")
     x = support.random_values(np.random.default_rng(1), (16, 400), "complex128")
     batchmv.matvec(A, x, op=op)  # warm up
-    extra, y = traced_extra(lambda: batchmv.matvec(A, x, op=op))
+    extra, y = support.traced_extra(lambda: batchmv.matvec(A, x, op=op))
     temps = x.nbytes if op == "H" else 0  # conj(x), the one temporary numpy needs
     assert extra - y.nbytes - temps < 0.05 * A.nbytes, f"{extra} bytes for y {y.nbytes} and x {x.nbytes}: A {A.nbytes}"
 
@@ -293,7 +268,7 @@ def test_numpy_allocates_no_copy_of_a(a_name, op):
 def test_numpy_tracemalloc_positive_control():
     A = a_view("C", 400, 300, "complex128")
     x = support.random_values(np.random.default_rng(1), (16, 400), "complex128")
-    extra, y = traced_extra(lambda: x @ A.conj())  # the native adjoint: conj(A) is a copy
+    extra, y = support.traced_extra(lambda: x @ A.conj())  # the native adjoint: conj(A) is a copy
     assert extra - y.nbytes >= 0.95 * A.nbytes
 
 

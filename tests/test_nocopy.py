@@ -14,7 +14,6 @@ shows the check fails on a real copy.
 from __future__ import annotations
 
 import json
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -178,19 +177,6 @@ def test_gemm_pointer_check_positive_control(engine_name, monkeypatch):
 # ---------------------------------------------------------------------------------------
 # 2a. numpy: nothing the size of A is allocated (tracemalloc sees numpy's allocations)
 # ---------------------------------------------------------------------------------------
-def traced_extra(fn) -> tuple[int, object]:
-    """Peak bytes allocated while ``fn`` runs, beyond what was allocated before it."""
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        result = fn()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return peak - before, result
-
-
 @numpy_only
 @pytest.mark.parametrize("a_name", ("C", "F", "transposed", "sliced"))
 @pytest.mark.parametrize("x_name", ("contiguous", "strided", "permuted"))
@@ -199,7 +185,7 @@ def test_numpy_allocates_only_the_result(a_name, x_name):
     _, A = a_layout(a_name, 400, 300)
     _, x, axis = x_layout(x_name, 300)
     batchmv.matvec(A, x, axis=axis)  # warm up (BLAS buffers, caches)
-    extra, y = traced_extra(lambda: batchmv.matvec(A, x, axis=axis))
+    extra, y = support.traced_extra(lambda: batchmv.matvec(A, x, axis=axis))
     assert extra - y.nbytes < 0.05 * A.nbytes, f"{extra - y.nbytes} bytes beyond the result ({A.nbytes} in A)"
 
 
@@ -207,11 +193,11 @@ def test_numpy_allocates_only_the_result(a_name, x_name):
 def test_numpy_tracemalloc_positive_control():
     _, A = a_layout("C", 400, 300)
     _, x, axis = x_layout("contiguous", 300)
-    extra, y = traced_extra(lambda: batchmv.matvec(A.copy(), x, axis=axis))
+    extra, y = support.traced_extra(lambda: batchmv.matvec(A.copy(), x, axis=axis))
     assert extra - y.nbytes >= 0.95 * A.nbytes
     _, B = a_layout("every-other", 400, 300)  # batchmv must copy this A for BLAS
     batchmv.matvec(B, x, axis=axis)
-    extra, y = traced_extra(lambda: batchmv.matvec(B, x, axis=axis))
+    extra, y = support.traced_extra(lambda: batchmv.matvec(B, x, axis=axis))
     assert extra - y.nbytes >= 0.95 * B.size * B.itemsize
 
 
