@@ -65,7 +65,7 @@ def matvec(
     """
     key = _cache.key(A, x, axis, backend, copy, op) if out is None else None
     if key is not None:
-        run = _cache.calls.lookup(key)
+        run = _cache.calls.get(key)
         if run is not None:
             try:
                 return run(A, x)

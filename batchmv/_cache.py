@@ -29,18 +29,13 @@ class Runners:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._runs: dict[tuple, Callable[[Any, Any], Any]] = {}
-        #: ``get(key)``: the remembered run or None, for keys known to be hashable
+        #: ``get(key)``: the remembered ``run(A, x)`` for ``key`` (made by :func:`key` or
+        #: by the operator: always hashable), or None
         self.get = self._runs.get
 
     def __len__(self) -> int:
         return len(self._runs)
 
-    def lookup(self, key: tuple) -> Callable[[Any, Any], Any] | None:
-        """The remembered ``run(A, x)`` for ``key``, or None."""
-        try:
-            return self._runs.get(key)
-        except TypeError:  # an unhashable argument (backend): the full checks will say
-            return None
 
     def remember(self, key: tuple, call: Any, a: Any, x: Any) -> Callable[[Any, Any], Any] | None:
         """Remember how ``call``, built from ``a`` and ``x`` for ``key``, runs, and return
@@ -69,8 +64,10 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any, op: Any = "N") -> tu
     ``out``), or None when the call is not one to remember."""
     kind_a, kind_x = type(a), type(x)
     engine = _registry.engine_of_types(kind_a, kind_x)
-    if engine is None or type(axis) is not int or not (copy is None or copy is False):
+    if engine is None or type(axis) is not int or not (copy is None or copy is False) or type(op) is not str:
         return None  # (values equal to 0 or False that are not False: the checks refuse them)
+    if backend is not None and type(backend) is not str:
+        return None  # (so that every key can be hashed: the checks say what is wrong)
     layout_a = engine.layout_key(a)
     if layout_a is None:
         return None

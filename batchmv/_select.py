@@ -86,7 +86,8 @@ def settings(backend: object) -> tuple:
     name = _context.get()
     if name is not None:
         return (name,)
-    return (None, _environment())
+    env = _env_value  # (read once: a repeated call pays no function call for it)
+    return (None, env if env is not _UNREAD else _environment())
 
 
 def home_of(a_type: type, x_type: type) -> str:
