@@ -136,6 +136,19 @@ class TorchEngine(StridedEngine):
         except (AttributeError, RuntimeError):  # not a tensor; no sizes (nested tensors)
             return None
 
+    def layout_keys(self, a: Any, x: Any) -> Optional[tuple]:
+        if _compiling():  # (one check for both: a repeated call's every read counts)
+            return None
+        try:
+            if a.layout is not _STRIDED or x.layout is not _STRIDED:
+                return None
+            return (
+                (a.shape, a.stride(), a.dtype, a.device, a.is_conj(), a.is_neg()),
+                (x.shape, x.stride(), x.dtype, x.device, x.is_conj(), x.is_neg()),
+            )  # fmt: skip
+        except (AttributeError, RuntimeError):
+            return None
+
     def is_complex(self, a: torch.Tensor) -> bool:
         return a.is_complex()
 

@@ -68,10 +68,7 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any, op: Any = "N") -> tu
         return None  # (values equal to 0 or False that are not False: the checks refuse them)
     if backend is not None and type(backend) is not str:
         return None  # (so that every key can be hashed: the checks say what is wrong)
-    layout_a = engine.layout_key(a)
-    if layout_a is None:
+    layouts = engine.layout_keys(a, x)
+    if layouts is None:
         return None
-    layout_x = engine.layout_key(x)
-    if layout_x is None:
-        return None
-    return (kind_a, kind_x, layout_a, layout_x, axis, backend, copy, op, _select.settings(backend))
+    return (kind_a, kind_x, layouts, axis, backend, copy, op, _select.settings(backend))

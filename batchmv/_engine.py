@@ -109,6 +109,14 @@ class Engine:
         nothing is remembered."""
         return None
 
+    def layout_keys(self, a: Any, x: Any) -> Optional[tuple]:
+        """(:meth:`layout_key` of ``a``, of ``x``), or None when either is None."""
+        key_a = self.layout_key(a)
+        if key_a is None:
+            return None
+        key_x = self.layout_key(x)
+        return None if key_x is None else (key_a, key_x)
+
     def expression_runner(self, axis: int, op: str) -> Any:
         """``run(a, x)``: :meth:`expression` for this ``axis`` and ``op``, as a remembered
         call repeats it."""

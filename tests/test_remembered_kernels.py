@@ -239,3 +239,17 @@ def test_torch_calls_built_under_vmap_are_not_remembered(rng, builds):
     assert builds[0] == before + 1  # the plain call was built: nothing remembered from vmap
     assert batchmv.plan(a, xs[0]).kernel == "gemm"
     _check(torch.func.vmap(lambda v: batchmv.matvec(a, v))(xs), a, xs)  # a remembered run under vmap
+
+
+@pytest.mark.parametrize("stride", ["negative", "zero", "3"])
+def test_numpy_one_vector_of_any_stride_is_read_in_place(stride):
+    n = 200_000
+    a = np.arange(4 * n, dtype=np.float64).reshape(4, n) % 7
+    x = {"negative": np.arange(n, dtype=np.float64)[::-1], "zero": np.broadcast_to(np.float64(2.0), (n,)),
+         "3": np.arange(3 * n, dtype=np.float64)[::3]}[stride]  # fmt: skip
+    plan = batchmv.plan(a, x)
+    assert plan.kernel == "gemv" and plan.copies == (), plan  # (a GEMM would need x copied)
+    batchmv.matvec(a, x)
+    assert _peak(lambda: batchmv.matvec(a, x)) < n  # nothing of x's size (1.6 MB) allocated
+    assert _peak(lambda: np.ascontiguousarray(x)) >= 8 * n  # positive control: a copy of x is seen
+    _check(batchmv.matvec(a, x), a, x)
