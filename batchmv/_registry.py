@@ -261,3 +261,65 @@ def get_adapter(name: str) -> Any:
     built = importlib.import_module(f"batchmv.backends.{name}").ADAPTER_CLASS()
     with _lock:
         return _adapters.setdefault(name, built)
+
+
+# -- sparse matrices: A in a library's sparse formats ------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """A library's sparse matrices, which batchmv takes as A (x stays dense).  Its module,
+    ``batchmv.backends.<kit>``, defines ``KIT``: what batchmv does with them (their format,
+    views of op(A), the sparse-times-dense product, their index and value arrays)."""
+
+    name: str  #: the library's name in reports ("scipy", "torch", "jax")
+    module: str  #: the module that defines the types; nothing is one before it is imported
+    array_types: tuple[str, ...]  #: attribute paths, in ``module``, of the sparse types
+    engine: str  #: the engine of the dense arrays the product takes and returns
+    kit: str  #: the module in batchmv.backends with the library's sparse operations
+
+
+SPARSE: dict[str, SparseSpec] = {
+    spec.name: spec
+    for spec in (
+        SparseSpec("scipy", "scipy.sparse", ("sparray", "spmatrix"), "numpy", "_sparse_scipy"),
+        # every tensor is a torch.Tensor: the kit tells sparse layouts from strided ones
+        SparseSpec("torch", "torch", ("Tensor",), "torch", "_sparse_torch"),
+        SparseSpec("jax", "jax.experimental.sparse", ("BCOO", "BCSR"), "jax", "_sparse_jax"),
+    )
+}
+
+_kits: dict[str, Any] = {}
+_sparse_of_type: dict[type, str | None] = {}
+
+
+def sparse_kit_of(obj: Any) -> Any:
+    """The kit of the library whose sparse matrix ``obj`` is, or None for anything else
+    (dense arrays included); imports nothing that is not imported already."""
+    kind = type(obj)
+    name = _sparse_of_type.get(kind, False)
+    if name is False:
+        name = None
+        for spec in SPARSE.values():
+            module = sys.modules.get(spec.module)
+            if module is not None and any(
+                isinstance(cls, type) and issubclass(kind, cls)
+                for cls in map(functools.partial(_attribute, module), spec.array_types)
+            ):
+                name = spec.name
+                break
+        _sparse_of_type.setdefault(kind, name)
+    if name is None:
+        return None
+    kit = get_sparse_kit(name)
+    return kit if kit.is_sparse(obj) else None
+
+
+def get_sparse_kit(name: str) -> Any:
+    """The sparse kit of library ``name`` (a key of :data:`SPARSE`), imported on first use."""
+    kit = _kits.get(name)
+    if kit is not None:
+        return kit
+    built = importlib.import_module(f"batchmv.backends.{SPARSE[name].kit}").KIT()
+    with _lock:
+        return _kits.setdefault(name, built)
