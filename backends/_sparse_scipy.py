@@ -86,13 +86,14 @@ class ScipySparse(SparseKit):
         if a.ndim != 2 or a.format not in _NATIVE:
             return None
         if a.format == "coo":
-            return Parts("coo", tuple(a.shape), (a.row, a.col, a.data))
+            return Parts("coo", tuple(a.shape), (a.row, a.col, a.data), bool(a.has_canonical_format))
         return Parts(a.format, tuple(a.shape), (a.indptr, a.indices, a.data))
 
     def assemble(self, parts: Parts) -> tuple[Any, Optional[str]]:
         first, second, data = parts.arrays
         if parts.format == "coo":
             built = sp.coo_array((data, (first, second)), shape=parts.shape)
+            built.has_canonical_format = parts.canonical  # (torch's coalesced tensors are sorted so)
             shared = np.shares_memory(built.row, first) and np.shares_memory(built.col, second)
         elif parts.format in _BUILD:
             built = _BUILD[parts.format]((data, second, first), shape=parts.shape)

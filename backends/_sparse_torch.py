@@ -117,13 +117,14 @@ class TorchSparse(SparseKit):
         fmt = _FORMATS[a.layout]
         if fmt == "bsc" or a.dim() != 2 or a.dense_dim() != 0:
             return None
-        return Parts(fmt, (int(a.shape[0]), int(a.shape[1])), _arrays(a))
+        canonical = a.layout == torch.sparse_coo and a.is_coalesced()
+        return Parts(fmt, (int(a.shape[0]), int(a.shape[1])), _arrays(a), canonical)
 
     def assemble(self, parts: Parts) -> tuple[torch.Tensor, Optional[str]]:
         first, second, data = parts.arrays
         if parts.format == "coo":
             indices = torch.stack([first, second]).to(torch.int64)
-            built = torch.sparse_coo_tensor(indices, data, parts.shape)
+            built = torch.sparse_coo_tensor(indices, data, parts.shape, is_coalesced=parts.canonical)
             return built, (
                 "torch's COO tensor keeps its row and column indices in one (2, nnz) int64 tensor: "
                 f"A's {str(first.dtype).removeprefix('torch.')} indices stacked into one (a copy of A's indices; values shared)"

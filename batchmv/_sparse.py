@@ -162,6 +162,8 @@ def _operand_steps(kit: Any, a: Any, info: SparseInfo, op: str, dtype: Any, copi
     """What is done to A before the product (each a reported copy unless it is a view), and
     the format the product computes in, described."""
     steps, fmt = [], info.format
+    if not kit.strided:  # one program: the transpose is the choice of A's contracted dimension
+        return steps, (f"{fmt} (A^T: A's rows contracted, nothing transposed)" if op in ("T", "H") else fmt)
     converted = kit.conversion(a)
     if converted:
         steps.append("convert")
@@ -173,7 +175,7 @@ def _operand_steps(kit: Any, a: Any, info: SparseInfo, op: str, dtype: Any, copi
         if why:
             copies.append(f"A: {why}")
         fmt = f"{kit.transposed_format(fmt)} (A^T: {'a copy' if why else 'a view of'} A's {fmt} arrays)"
-    if kit.strided and info.dtype != dtype:
+    if info.dtype != dtype:
         steps.append("cast")
         copies.append(f"A: values cast from {kit.dtype_name(info.dtype)} to the result dtype {kit.dtype_name(dtype)} (a copy of A)")
     return steps, fmt
@@ -209,7 +211,7 @@ def cross(kit: Any, a: Any, engine: Any, allow_copy: bool, copies: list[str]) ->
     arrays = tuple(
         _arrays.share(engine, arr, source, f"A's {label}", allow_copy, copies) for label, arr in zip(names, parts.arrays)
     )
-    a_e, why = target.assemble(Parts(parts.format, parts.shape, arrays))
+    a_e, why = target.assemble(parts._replace(arrays=arrays))
     if why:
         copies.append(f"A: {why}")
         refuse_copies(copies, allow_copy)

@@ -28,6 +28,7 @@ class Parts(NamedTuple):
     format: str
     shape: tuple[int, int]
     arrays: tuple[Any, Any, Any]
+    canonical: bool = False  #: coo: sorted by row, then column, without duplicates (coalesced)
 
 
 class SparseKit:
