@@ -29,6 +29,7 @@ _BUILD = {"csr": sp.csr_array, "csc": sp.csc_array, "bsr": sp.bsr_array}
 class ScipySparse(SparseKit):
     name = "scipy"
     engine = "numpy"
+    assembles = True
     kernel = "scipy.sparse A @ X (one sparsetools *_matvecs call)"
     layout_need = "scipy's product reads the vectors as the columns of a C-ordered (n, k) array"
 

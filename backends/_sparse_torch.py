@@ -39,6 +39,7 @@ def _arrays(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 class TorchSparse(SparseKit):
     name = "torch"
     engine = "torch"
+    assembles = True
     kernel = "torch.sparse.mm / torch.matmul (one sparse-times-strided product)"
 
     def is_sparse(self, a: torch.Tensor) -> bool:

@@ -204,7 +204,7 @@ def cross(kit: Any, a: Any, engine: Any, allow_copy: bool, copies: list[str]) ->
         return kit, a
     target = next((_registry.get_sparse_kit(s.name) for s in _registry.SPARSE.values() if s.engine == engine.name), None)
     parts = kit.parts(a)
-    if target is None or parts is None:
+    if target is None or parts is None or not target.assembles:
         raise TypeError(f"the {engine.name} engine cannot take a {kit.name} sparse A ({kit.info(a).format}); use backend='{kit.engine}' or 'auto'")
     source = _registry.get_engine(kit.engine)
     names = ("row", "col", "data") if parts.format == "coo" else ("indptr", "indices", "data")

@@ -43,6 +43,7 @@ class SparseKit:
     strided: bool = True
     kernel: str = ""  #: the library's function that runs the product, for the plan
     layout_need: str = ""  #: what :meth:`reads` asks of x's (n, k) view, for the plan
+    assembles: bool = False  #: whether :meth:`assemble` takes another library's arrays
 
     def is_sparse(self, a: Any) -> bool:
         """Whether ``a``, of one of the library's sparse types, is a sparse matrix."""
@@ -119,4 +120,4 @@ class SparseKit:
     def assemble(self, parts: Parts) -> tuple[Any, Optional[str]]:
         """(a sparse matrix of this library on ``parts`` -- arrays of this kit's engine --,
         None or why it copies some of them)."""
-        raise TypeError(f"{self.name} cannot take another library's sparse matrix")
+        raise NotImplementedError
