@@ -125,14 +125,14 @@ class TorchSparse(SparseKit):
         first, second, data = parts.arrays
         if parts.format == "coo":
             indices = torch.stack([first, second]).to(torch.int64)
-            built = torch.sparse_coo_tensor(indices, data, parts.shape, is_coalesced=parts.canonical)
+            built = torch.sparse_coo_tensor(indices, data, parts.shape, is_coalesced=parts.canonical, check_invariants=False)
             return built, (
                 "torch's COO tensor keeps its row and column indices in one (2, nnz) int64 tensor: "
                 f"A's {str(first.dtype).removeprefix('torch.')} indices stacked into one (a copy of A's indices; values shared)"
             )
         if first.dtype != second.dtype:
             raise TypeError(f"torch's {parts.format} tensors need one index dtype; A has {first.dtype} and {second.dtype}")
-        built = _BUILD[parts.format](first, second, data, parts.shape)
+        built = _BUILD[parts.format](first, second, data, parts.shape, check_invariants=False)  # (valid: the source checked them)
         shared = all(p.data_ptr() == q.data_ptr() for p, q in zip(_arrays(built), parts.arrays) if p.numel())
         return built, (None if shared else "torch copied A's index or value arrays to build its tensor")
 
