@@ -37,7 +37,7 @@ class JaxSparse(SparseKit):
         arrays = (a.data, a.indices, *((a.indptr,) if fmt == "bcsr" else ()))
         nbytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in arrays)
         device = jax.default_backend() if _is_tracer(a.data) else next(iter(a.data.sharding.device_set)).platform
-        return SparseInfo(fmt, tuple(a.shape), int(a.nse), str(a.indices.dtype), np.dtype(a.dtype), nbytes, device)
+        return SparseInfo(fmt, tuple(a.shape), int(a.nse), np.dtype(a.indices.dtype), np.dtype(a.dtype), nbytes, device)
 
     def notes(self, info: SparseInfo) -> tuple[str, ...]:
         return (f"jax: one {info.format}_dot_general in a jitted program; values cast to the result dtype inside it",)

@@ -37,7 +37,7 @@ class ScipySparse(SparseKit):
         if a.ndim != 2:
             raise ValueError(f"A must be 2-D; got a {a.ndim}-D scipy.sparse {a.format} array of shape {a.shape}")
         arrays = _index_arrays(a)
-        index = str(arrays[0].dtype) if arrays else "none"
+        index = arrays[0].dtype if arrays else None
         data_bytes = a.data.nbytes if hasattr(a, "data") and isinstance(a.data, np.ndarray) else 0
         return SparseInfo(a.format, tuple(a.shape), int(a.nnz), index, a.dtype, data_bytes + sum(i.nbytes for i in arrays), "cpu")
 

@@ -52,7 +52,7 @@ class TorchSparse(SparseKit):
         index_bytes = (first.numel() + second.numel()) * first.element_size()
         fmt = _FORMATS[a.layout]
         return SparseInfo(
-            fmt, (int(a.shape[0]), int(a.shape[1])), int(values.numel()), str(first.dtype).removeprefix("torch."),
+            fmt, (int(a.shape[0]), int(a.shape[1])), int(values.numel()), first.dtype,
             a.dtype, values.numel() * values.element_size() + index_bytes, str(a.device),
         )  # fmt: skip
 

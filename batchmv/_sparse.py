@@ -271,5 +271,5 @@ def describe(call: SparseCall) -> Plan:
         bytes=info.nbytes + itemsize * k * (n + m), home=call.home.name, dtype=str(call.dtype),
         views=views, notes=call.notes, op=call.op, temporaries=call.temporaries,
         gemm=f"Yc = {_OP_TEXT[call.op]} @ Xc ({call.kit.kernel}, A in {call.fmt})",
-        nnz=info.nnz, format=call.fmt, index_dtype=info.index_dtype,
+        nnz=info.nnz, format=call.fmt, index_dtype=str(info.index_dtype).removeprefix("torch."),
     )  # fmt: skip

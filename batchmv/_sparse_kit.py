@@ -13,7 +13,7 @@ class SparseInfo(NamedTuple):
     format: str  #: "csr", "csc", "coo", "bsr", "bsc", "bcoo", "bcsr", ...
     shape: tuple[int, int]
     nnz: int  #: stored entries: explicit zeros and (COO) duplicates included
-    index_dtype: str  #: dtype of the index arrays ("int32", "int64")
+    index_dtype: Any  #: dtype of the index arrays (the library's object: int32 or int64), None without any
     dtype: Any  #: dtype of the values, in the engine's terms
     nbytes: int  #: bytes of the values and index arrays together
     device: str
