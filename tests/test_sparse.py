@@ -263,3 +263,11 @@ def test_scipy_solvers_take_the_operator(rng):
     np.testing.assert_allclose(solution, np.linalg.solve(A.toarray(), b), rtol=1e-8, atol=1e-10)
     solution, info = splinalg.gmres(batchmv.prepare(A), b, rtol=1e-12)
     np.testing.assert_allclose(solution, np.linalg.solve(A.toarray(), b), rtol=1e-6, atol=1e-8)
+
+
+def test_fastest_takes_the_home_engine_and_says_so(rng):
+    A = make(dense(rng, "float64"), "csr")
+    x = rng.standard_normal((N, 2))
+    p = batchmv.plan(A, x, axis=0, backend="fastest")
+    assert p.backend == "numpy" and any("measures no engines for a sparse A" in n for n in p.notes)
+    check(batchmv.matvec(A, x, axis=0, backend="fastest"), A.toarray(), x, 0, "float64")
