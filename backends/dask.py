@@ -49,7 +49,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
-from batchmv import _api, _registry, _select
+from batchmv import _api, _registry, _select, _sparse_kits
 from batchmv._checks import SEQUENCES, check_copy, check_shapes, op_shape, refuse_copies, require_copy
 from batchmv._plan import Plan
 from batchmv.backends import _dask_graph as graphs
@@ -147,7 +147,7 @@ class DaskAdapter:
             # y's dtype as the blocks' library promotes it (the home engine's, whichever computes)
             y_dtype = _api.plan(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend="auto", op=op).dtype
             y_itemsize = np.dtype(y_dtype).itemsize
-            if _registry.sparse_kit_of(a_template) is not None:
+            if _sparse_kits.kit_of(a_template) is not None:
                 per_chunk = self._sparse_whole_vectors(x, ax, copies, notes)
             else:
                 per_chunk = self._whole_vectors(x, ax, m, y_itemsize, copies, notes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
-from . import _layout, _registry, _select, _sparse
+from . import _layout, _registry, _select, _sparse, _sparse_kits
 from ._arrays import adopt, check_out, share, to_home
 from ._checks import check_copy, check_shapes, dlpack_device, op_shape, refuse_copies
 from ._errors import CopyRequiredError
@@ -59,7 +59,7 @@ def build(
     a sparse A gets a :class:`batchmv._sparse.SparseCall` instead (``choose`` unused);
     ``engine`` names the engine outright, skipping the selection rules (a prepared
     operator's, which may be an array-API library's that ``backend=`` cannot name)."""
-    kit = _registry.sparse_kit_of(a)
+    kit = _sparse_kits.kit_of(a)
     if kit is not None:  # a sparse A: its own path, one sparse-times-dense product
         return _sparse.build(kit, a, x, axis, out, backend, copy, op, engine)  # type: ignore[return-value]
     _sparse.refuse_sparse_x(x)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import _arrays, _cache, _call, _linop, _registry, _run, _select, _sparse
+from . import _arrays, _cache, _call, _linop, _registry, _run, _select, _sparse, _sparse_kits
 from ._checks import ADJOINT_OF, TRANSPOSE_OF, check_copy, check_shapes, op_shape
 from ._plan import Plan, describe
 
@@ -191,7 +191,7 @@ def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = Non
     >>> op.T @ np.array([1.0, 0.0]), op.H.H is op, op.shape
     (array([1., 2.]), True, (2, 2))
     """
-    kit = _registry.sparse_kit_of(A)
+    kit = _sparse_kits.kit_of(A)
     if kit is not None:
         return SparseMatVec(A, kit, backend=backend, copy=copy)
     return MatVec(A, backend=backend, copy=copy)

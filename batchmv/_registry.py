@@ -288,38 +288,3 @@ SPARSE: dict[str, SparseSpec] = {
         SparseSpec("jax", "jax.experimental.sparse", ("BCOO", "BCSR"), "jax", "_sparse_jax"),
     )
 }
-
-_kits: dict[str, Any] = {}
-_sparse_of_type: dict[type, str | None] = {}
-
-
-def sparse_kit_of(obj: Any) -> Any:
-    """The kit of the library whose sparse matrix ``obj`` is, or None for anything else
-    (dense arrays included); imports nothing that is not imported already."""
-    kind = type(obj)
-    name = _sparse_of_type.get(kind, False)
-    if name is False:
-        name = None
-        for spec in SPARSE.values():
-            module = sys.modules.get(spec.module)
-            if module is not None and any(
-                isinstance(cls, type) and issubclass(kind, cls)
-                for cls in map(functools.partial(_attribute, module), spec.array_types)
-            ):
-                name = spec.name
-                break
-        _sparse_of_type.setdefault(kind, name)
-    if name is None:
-        return None
-    kit = get_sparse_kit(name)
-    return kit if kit.is_sparse(obj) else None
-
-
-def get_sparse_kit(name: str) -> Any:
-    """The sparse kit of library ``name`` (a key of :data:`SPARSE`), imported on first use."""
-    kit = _kits.get(name)
-    if kit is not None:
-        return kit
-    built = importlib.import_module(f"batchmv.backends.{SPARSE[name].kit}").KIT()
-    with _lock:
-        return _kits.setdefault(name, built)

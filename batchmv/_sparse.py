@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple, Optional
 
-from . import _arrays, _registry, _select
+from . import _arrays, _registry, _select, _sparse_kits
 from ._checks import SEQUENCES, check_copy, check_shapes, op_shape, refuse_copies
 from ._errors import CopyRequiredError
 from ._plan import OperandView, Plan
@@ -74,7 +74,7 @@ def home_of(kit: Any, x: Any) -> str:
 
 def refuse_sparse_x(x: Any) -> None:
     """TypeError for a sparse x: the vectors are dense, whatever A is."""
-    kit = _registry.sparse_kit_of(x)
+    kit = _sparse_kits.kit_of(x)
     if kit is not None:
         raise TypeError(
             f"x must be dense: batchmv multiplies A by dense vectors, and x is a {kit.name} sparse matrix "
@@ -202,7 +202,7 @@ def cross(kit: Any, a: Any, engine: Any, allow_copy: bool, copies: list[str]) ->
     value arrays shared with that library (copies reported), as dense arrays cross."""
     if kit.engine == engine.name:
         return kit, a
-    target = next((_registry.get_sparse_kit(s.name) for s in _registry.SPARSE.values() if s.engine == engine.name), None)
+    target = next((_sparse_kits.get(s.name) for s in _registry.SPARSE.values() if s.engine == engine.name), None)
     parts = kit.parts(a)
     if target is None or parts is None or not target.assembles:
         raise TypeError(f"the {engine.name} engine cannot take a {kit.name} sparse A ({kit.info(a).format}); use backend='{kit.engine}' or 'auto'")
