@@ -10,7 +10,7 @@ a BSC A (or the transpose of a BSR A) is converted to BSR, a reported copy.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 

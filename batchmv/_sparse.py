@@ -24,7 +24,7 @@ from . import _arrays, _registry, _select, _sparse_kits
 from ._checks import SEQUENCES, check_copy, check_shapes, op_shape, refuse_copies
 from ._errors import CopyRequiredError
 from ._plan import OperandView, Plan
-from ._sparse_kit import Parts, SparseInfo
+from ._sparse_kit import SparseInfo
 
 _OP_TEXT = {"N": "A", "T": "A^T", "H": "A^H", "C": "conj(A)"}
 

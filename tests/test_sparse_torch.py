@@ -229,3 +229,16 @@ def test_sparse_calls_are_never_remembered(rng):
     assert len(_cache.calls) == before
     batchmv.matvec(torch.from_numpy(values), x)  # positive control: a dense call is remembered
     assert len(_cache.calls) == before + 1
+
+
+def test_prepared_torch_operator_and_transform_refusal(rng):
+    import torch
+
+    values = dense(rng, "complex128")
+    op = batchmv.prepare(to_torch(values, "csr"))
+    v = torch.from_numpy(support.random_values(rng, (3, M), "complex128"))
+    ref = values.conj().T
+    support.assert_matvec_close(op.H(v), support.reference(ref, v, -1), support.magnitude(ref, v, -1), M, "complex128")
+    assert op.H.plan(v).format.startswith("csc (A^T: a view")
+    with pytest.raises(TypeError, match="transform"):
+        torch.func.vmap(lambda row: op(row))(torch.ones(3, N, dtype=torch.complex128))
