@@ -241,7 +241,9 @@ def execute(call: SparseCall) -> Any:
         yc = kit.spmm(a, xc)
         if call.conj:
             yc = eng.conj_inplace(yc, call.tracks_graph)
-        y = eng.view(yc, (call.y_shape[ax], *(shape[i] for i in perm[1:])))
+        if len(shape) != 2:  # (a 2-D x: the product's (m, k) is already the moved shape)
+            yc = eng.view(yc, (call.y_shape[ax], *(shape[i] for i in perm[1:])))
+        y = yc
         if perm != tuple(range(len(shape))):
             y = eng.permute(y, tuple(sorted(range(len(perm)), key=perm.__getitem__)))
     if call.engine is not call.home:
