@@ -242,3 +242,15 @@ def test_prepared_torch_operator_and_transform_refusal(rng):
     assert op.H.plan(v).format.startswith("csc (A^T: a view")
     with pytest.raises(TypeError, match="transform"):
         torch.func.vmap(lambda row: op(row))(torch.ones(3, N, dtype=torch.complex128))
+
+
+def test_a_prepared_scipy_operator_takes_torch_vectors(rng):
+    import torch
+
+    values = dense(rng, "float64")
+    op = batchmv.prepare(make(values, "csr"))  # the numpy engine: scipy computes, torch gets the result
+    x = torch.randn(N, 3, dtype=torch.float64)
+    y = op(x, axis=0)
+    assert isinstance(y, torch.Tensor)
+    support.assert_matvec_close(y, support.reference(values, x, 0), support.magnitude(values, x, 0), N, "float64")
+    assert op.plan(x, axis=0).backend == "numpy"
