@@ -82,3 +82,17 @@ def test_refusals(rng):
         batchmv.matvec(jnp.ones((M, N)), A.T)
     with pytest.raises(ValueError, match="axis"):
         batchmv.matvec(A, jnp.ones(M))
+
+
+def test_vmap_and_grad_with_respect_to_x(rng):
+    import jax
+    import jax.numpy as jnp
+
+    values = dense(rng, "float64")
+    A = to_jax(values, "bcoo")
+    X = jnp.asarray(rng.standard_normal((3, N)))
+    y = jax.vmap(lambda v: batchmv.matvec(A, v))(X)
+    support.assert_matvec_close(y, support.reference(values, X, -1), support.magnitude(values, X, -1), N, "float64")
+    weights = rng.standard_normal((3, M))
+    grad = jax.grad(lambda v: (batchmv.matvec(A, v) * weights).sum())(X)
+    np.testing.assert_allclose(np.asarray(grad), weights @ values, rtol=1e-12, atol=1e-14)
