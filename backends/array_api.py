@@ -87,8 +87,14 @@ class ArrayApiEngine(Engine):
             raise TypeError(f"the {self.name} engine cannot multiply arrays of dtype {dtype} (matmul takes numeric dtypes)")
 
     def signature(self, a: Any, x: Any) -> Optional[tuple]:
+        key_a, key_x = self.layout_key(a), self.layout_key(x)
+        return None if key_a is None or key_x is None else key_a + key_x
+
+    def layout_key(self, a: Any) -> Optional[tuple]:
+        if not self.is_native(a):
+            return None
         try:
-            key = (tuple(a.shape), a.dtype, str(a.device), tuple(x.shape), x.dtype, str(x.device))
+            key = (tuple(a.shape), a.dtype, str(a.device))
             hash(key)
         except TypeError:
             return None

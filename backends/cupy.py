@@ -124,6 +124,9 @@ class CupyEngine(StridedEngine):
     def signature(self, a: cupy.ndarray, x: cupy.ndarray) -> Optional[tuple]:
         return (a.shape, a.strides, a.dtype, a.device.id, x.shape, x.strides, x.dtype, x.device.id)
 
+    def layout_key(self, a: Any) -> Optional[tuple]:
+        return (a.shape, a.strides, a.dtype, a.device.id) if isinstance(a, cupy.ndarray) else None
+
     # -- crossing libraries ------------------------------------------------------------
     def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[cupy.ndarray, Optional[str]]:
         """``obj`` (on a CUDA device) as a cupy array sharing its memory, imported with

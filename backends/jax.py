@@ -71,6 +71,7 @@ class JaxEngine(Engine):
     def __init__(self) -> None:
         # id -> weakref of arrays that wrap another library's memory (see expression)
         self._foreign: dict[int, weakref.ref] = {}
+        self._concrete: set[type] = set()  # jax.Array types that are not tracers (layout_key)
 
     # -- questions about native arrays ------------------------------------------------
     def is_native(self, obj: Any) -> bool:
@@ -134,6 +135,15 @@ class JaxEngine(Engine):
         if _is_tracer(a) or _is_tracer(x):
             return None
         return (a.shape, a.dtype, a.weak_type, a.sharding, x.shape, x.dtype, x.weak_type, x.sharding)
+
+    def layout_key(self, a: Any) -> Optional[tuple]:
+        # Nor placement nor weak types: the jitted program follows its arguments' devices and
+        # is traced anew for another weak type (a remembered run never casts: x has A's dtype)
+        if type(a) not in self._concrete:
+            if not isinstance(a, jax.Array) or _is_tracer(a):
+                return None
+            self._concrete.add(type(a))
+        return (a.shape, a.dtype)
 
     def host(self, a: Any, writable: bool = False) -> Optional[np.ndarray]:
         """A concrete CPU array's buffer as a read-only numpy array, when numpy reads it in
@@ -201,12 +211,20 @@ class JaxEngine(Engine):
     def expression(self, a: Any, x: Any, axis: int, op: str = "N") -> Any:
         """``y = moveaxis(dot_general(x, A), -1, axis)``: one dot on A as given (op "T" and
         "H" contract A's dim 0 instead of 1; see :func:`_matvec`)."""
-        y = _matvec(a, x, axis, op)
-        if self._foreign and not _is_tracer(y) and (self._wraps_foreign(a) or self._wraps_foreign(x)):
-            # JAX dispatches asynchronously; another library owns this memory and may
-            # write to it as soon as matvec returns, so wait until the dot has read it.
-            y.block_until_ready()
-        return y
+        return self.expression_runner(axis, op)(a, x)
+
+    def expression_runner(self, axis: int, op: str) -> Any:
+        program = _program(axis, op)
+
+        def run(a: Any, x: Any) -> Any:
+            y = program(a, x)
+            if self._foreign and not _is_tracer(y) and (self._wraps_foreign(a) or self._wraps_foreign(x)):
+                # JAX dispatches asynchronously; another library owns this memory and may
+                # write to it as soon as matvec returns, so wait until the dot has read it.
+                y.block_until_ready()
+            return y
+
+        return run
 
     def _mark_foreign(self, a: Any) -> None:
         if not _is_tracer(a):
@@ -217,7 +235,13 @@ class JaxEngine(Engine):
         return ref is not None and ref() is a
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@functools.lru_cache(maxsize=None)
+def _program(axis: int, op: str) -> Any:
+    """The jitted :func:`_matvec` for one axis and op (a jitted function per pair: its
+    calls hash no static arguments)."""
+    return jax.jit(functools.partial(_matvec, axis=axis, op=op))
+
+
 def _matvec(a: Any, x: Any, axis: int, op: str = "N") -> Any:
     """op(A) @ x along ``axis``: the transpose is the choice of A's contracted dim (no
     transpose of A in the program), the conjugate goes on x and y,

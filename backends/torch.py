@@ -30,6 +30,8 @@ from ._torch_mm import keeps_conj
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
 _linear = torch.nn.functional.linear
+_compiling = torch.compiler.is_compiling
+_STRIDED = torch.strided
 
 #: complex dtypes, whose conjugated temporaries (an adjoint's x) are allocated by numpy from
 #: :data:`_HUGE` bytes on (see TorchEngine.conj_copy)
@@ -118,6 +120,20 @@ class TorchEngine(StridedEngine):
                 x.layout, x.shape, x.stride(), x.dtype, x.device, x.requires_grad, x.is_conj(), x.is_neg(),
             )  # fmt: skip
         except RuntimeError:  # no strides (sparse CSR): the full checks say what to do
+            return None
+
+    def layout_key(self, a: Any) -> Optional[tuple]:
+        # Tensors under a torch.func transform have keys too: a run remembered outside is a
+        # chain of torch calls, which the transform's rules take (calls built under a
+        # transform are not remembered: batchmv._cache).  The device stays in the key:
+        # F.linear takes a "meta" x with a CPU A.
+        if _compiling():
+            return None
+        try:
+            if a.layout is not _STRIDED:  # (sparse tensors: the checks say what to do)
+                return None
+            return (a.shape, a.stride(), a.dtype, a.device, a.is_conj(), a.is_neg())
+        except (AttributeError, RuntimeError):  # not a tensor; no sizes (nested tensors)
             return None
 
     def is_complex(self, a: torch.Tensor) -> bool:
@@ -249,6 +265,16 @@ class TorchEngine(StridedEngine):
         if out is None:
             return _linear(x2, a)  # x2 @ a.T: torch.mm on the transposed view, without a Python step
         return torch.mm(x2, a.t(), out=out)
+
+    def gemm_kernel(self, x2: torch.Tensor, a: torch.Tensor, trans: bool = True, conj: bool = False) -> Any:
+        if not conj:  # _linear(x2, a) is x2 @ a.T: torch.mm on the transposed view
+            return _linear if trans else torch.mm
+        return super().gemm_kernel(x2, a, trans, conj)
+
+    def gemv_kernel(self, a: torch.Tensor, x: torch.Tensor, trans: bool = False) -> Any:
+        if x.dim() != 1 or a.dtype != x.dtype or (x.stride(0) == 0 and x.shape[0] > 1):
+            return None  # (torch.mv copies a broadcast vector)
+        return (lambda a, x: torch.mv(a.t(), x)) if trans else torch.mv
 
     def conj_copy(self, x2: torch.Tensor) -> torch.Tensor:
         numpy_dtype = None if torch.compiler.is_compiling() else _NUMPY_COMPLEX.get(x2.dtype)

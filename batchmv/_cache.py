@@ -1,12 +1,14 @@
-"""Remembered calls: a call repeated on arrays of the same signature skips every check.
+"""Remembered calls: a call repeated on arrays of the same layout skips every check.
 
 A call that runs as one kernel on the engine of its home library, with no ``out`` and no
-copy (:func:`batchmv._run.runner`), is remembered under a key made of everything its
-checks and schedule depend on: the types, the engine's ``signature`` of A and x (shapes,
-strides, dtypes, devices, grad state), the axis, the arguments and the selection settings.
-The next call with the same key runs the remembered kernel directly.  Values are never
-part of a key, so any arrays of that signature take the path; arrays whose engine gives no
-signature (tracers) always go through the full checks.
+copy (:func:`batchmv._run.runner`), is remembered under a key made of what its schedule
+depends on: the types, the engine's ``layout_key`` of A and of x (shapes, strides, dtypes,
+lazy bits), the axis, the arguments and the selection settings.  The next call with the
+same key runs the remembered kernel directly.  Values are never part of a key, so any
+arrays of that layout take the path; arrays whose engine gives no layout key (tracers,
+arrays under a transform or a compiler) always go through the full checks.  What a key
+leaves out is checked by the kernel itself (devices) or by the run as it goes (autograd);
+a remembered run that raises is repeated through the full checks (:mod:`batchmv._api`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Runners:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._runs: dict[tuple, Callable[[Any, Any], Any]] = {}
+        #: ``get(key)``: the remembered run or None, for keys known to be hashable
+        self.get = self._runs.get
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -44,6 +48,8 @@ class Runners:
         themselves (not on conversions of them, such as the plain ndarray numpy makes of a
         subclass).  None otherwise."""
         if not isinstance(call, _call.Call) or call.a is not a or call.x is not x:
+            return None
+        if call.schedule is None and call.engine.strided:  # built under a transform (vmap)
             return None
         run = _run.runner(call)
         if run is None:
@@ -65,7 +71,10 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any, op: Any = "N") -> tu
     engine = _registry.engine_of_types(kind_a, kind_x)
     if engine is None or type(axis) is not int or not (copy is None or copy is False):
         return None  # (values equal to 0 or False that are not False: the checks refuse them)
-    signature = engine.signature(a, x)
-    if signature is None:
+    layout_a = engine.layout_key(a)
+    if layout_a is None:
         return None
-    return (kind_a, kind_x, signature, axis, backend, copy, op, _select.settings(backend))
+    layout_x = engine.layout_key(x)
+    if layout_x is None:
+        return None
+    return (kind_a, kind_x, layout_a, layout_x, axis, backend, copy, op, _select.settings(backend))

@@ -41,6 +41,9 @@ class Call(NamedTuple):
     #: x and y conjugated, never A), "copy" (A is copied anyway: the copy is conjugated)
     conj: Optional[str] = None
     temporaries: tuple[str, ...] = ()  #: buffers a call allocates besides y and the copies
+    #: "gemm" (the schedule's views), or "gemv": one vector (x 1-D) multiplied by the
+    #: library's matrix-vector product on A and x as they are (``Engine.gemv_kernel``)
+    kernel: str = "gemm"
 
 
 
@@ -143,14 +146,25 @@ def build(
     out_strides = None
     if out_e is not None:
         clash = [label for label, arr in (("A", a_e), ("x", x_e)) if _overlap(engine, out_e, arr)]
+        special = engine.must_copy(out_e)
         if clash:
             copies.append(f"out overlaps {' and '.join(clash)}: result computed in a temporary, then copied into out")
+        elif special:  # (the GEMM would write a temporary of its own, unreported)
+            copies.append(f"out {special}: result computed in a temporary, then copied into out")
         else:
             out_strides = engine.strides(out_e)
     sched = _layout.schedule(
         engine.shape(a_op), engine.strides(a_op), engine.shape(x_e), engine.strides(x_e), ax,
         out_strides, engine.needs_blas_layout(dtype), a_cast, x_cast,
     )  # fmt: skip
+    # one vector, nothing else copied, cast or conjugated, a new y: the library's
+    # matrix-vector product on A and x as they are (it reads a vector of any stride)
+    gemv = (
+        len(y_shape) == 1 and engine is home and out is None and not conj and not copies
+        and not (sched.a_copy or x_cast) and engine.gemv_kernel(a_e, x_e, op != "N") is not None
+    )  # fmt: skip
+    if gemv:
+        sched = sched._replace(x_copy=None)
     copies[:0] = [c for c in (sched.a_copy, sched.x_copy) if c]
     if out_strides is not None and not sched.out_direct and not sched.zero_axes:
         copies.append(
@@ -167,8 +181,9 @@ def build(
             + ("" if engine.name == "numpy" else ", or give A Fortran order (A = B.T), which BLAS conjugates in place")
         )
     return Call(
-        home, engine, a_e, x_e, out, out_e, ax, dtype, y_shape, sched, tracks, tuple(copies), tuple(notes), op, how, temps
-    )
+        home, engine, a_e, x_e, out, out_e, ax, dtype, y_shape, sched, tracks, tuple(copies), tuple(notes), op, how, temps,
+        "gemv" if gemv else "gemm",
+    )  # fmt: skip
 
 
 def _conjugation(engine: Any, a_op: Any, sched: _layout.Schedule, m: int) -> tuple[str, tuple[str, ...]]:

@@ -19,6 +19,7 @@ Two kinds:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
 
@@ -94,6 +95,24 @@ class Engine:
         grad mode) that a call's checks and schedule depend on, not their values; None when
         calls on them must not be remembered (the default: nothing is known)."""
         return None
+
+    def layout_key(self, a: Any) -> Optional[tuple]:
+        """What a remembered run (:func:`batchmv._run.runner`) on the native array ``a``
+        depends on: its layout (shape, strides, dtype and the like), never its values;
+        None for anything else (another library's arrays, tracers, arrays under a
+        transform or a compiler), whose calls go through the checks every time.
+
+        Devices and autograd are not part of it: a remembered run is a chain of the
+        library's own calls on the arrays themselves, which refuse mismatched devices and
+        record autograd as they run, and a run that raises is repeated through the full
+        checks, which say what is wrong (:func:`batchmv._api.matvec`).  The default:
+        nothing is remembered."""
+        return None
+
+    def expression_runner(self, axis: int, op: str) -> Any:
+        """``run(a, x)``: :meth:`expression` for this ``axis`` and ``op``, as a remembered
+        call repeats it."""
+        return lambda a, x: self.expression(a, x, axis, op)
 
     def must_copy(self, a: Any) -> Optional[str]:
         """Why the GEMM cannot read ``a`` as it is whatever its strides (torch's lazy negative bit)."""
@@ -206,6 +225,18 @@ class StridedEngine(Engine):
         operand conjugated through BLAS's conjugate flag (only where :meth:`conj_flag`
         said yes)."""
         raise NotImplementedError
+
+    def gemm_kernel(self, x2: Any, a: Any, trans: bool = True, conj: bool = False) -> Callable[[Any, Any], Any]:
+        """``gemm(x2, a)`` for arrays laid out as these two, chosen once for a remembered
+        call (:func:`batchmv._run.runner`): by default :meth:`gemm` with these flags."""
+        return lambda x2, a: self.gemm(x2, a, None, conj, trans)
+
+    def gemv_kernel(self, a: Any, x: Any, trans: bool = False) -> Optional[Callable[[Any, Any], Any]]:
+        """``run(a, x)``: ``A @ x`` (``trans``: ``A^T @ x``) for one vector ``x`` (1-D),
+        with the library's matrix-vector product reading A and x as they are laid out
+        here (BLAS's GEMV); None where this engine has none, or it would copy them (the
+        call then runs as a GEMM on a one-row view of x)."""
+        return None
 
     # -- op(A): transpose and conjugate without copying A ----------------------------------
     def plain(self, a: Any) -> tuple[Any, bool]:

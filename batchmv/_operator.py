@@ -19,10 +19,14 @@ class MatVec(_linop.LinearOperatorMixin):
     """``x -> op(A) @ x`` along an axis, for one fixed A (see :func:`prepare`): a linear
     operator of shape ``op(A).shape`` and dtype ``A.dtype`` (A's own library's dtype).
 
-    The engine is chosen when the operator is prepared.  A call on an array of the engine's
-    own library, with no ``out``, that runs as one kernel without a copy is remembered per
-    signature of x (``Engine.signature``: shape, strides, dtype, device, grad state); its
-    repeats run that kernel directly: one dictionary look-up, the views and one GEMM.
+    The engine is chosen when the operator is prepared, and A is checked then, once.  A
+    call on an array of the engine's own library, with no ``out``, that runs as one kernel
+    without a copy is remembered per layout of x (``Engine.layout_key``: shape, strides,
+    dtype, lazy bits); its repeats run that kernel directly: one dictionary look-up, the
+    views and one GEMM (GEMV for one vector), on A's current memory.  Changing A's layout
+    in place after ``prepare`` (torch's ``t_``/``resize_``/``set_``, numpy's ``A.shape =``)
+    is not checked again: the library's own kernel then reads A as it is (and may copy
+    it): prepare again instead.
 
     ``op.T`` and ``op.H`` are the transpose and the adjoint: operators on the same prepared
     A (nothing is copied; ``op.H.H is op``).  ``matvec``, ``rmatvec``, ``matmat``,
@@ -55,6 +59,8 @@ class MatVec(_linop.LinearOperatorMixin):
         self._engine = engine
         self._shared = shared
         self._runners = _cache.Runners(_MAX_LAYOUTS)
+        self._remembered = self._runners.get
+        self._layout_key = engine.layout_key  # A's layout is checked once, here
         self._family = family  # the operators on this A, one per op (T and H return them)
         family[op] = self
 
@@ -89,15 +95,18 @@ class MatVec(_linop.LinearOperatorMixin):
 
     def __call__(self, x: Any, *, axis: int = -1, out: Any = None) -> Any:
         """``matvec(A, x, axis=axis, out=out, op=self.op)`` on the prepared engine."""
-        engine, shared = self._engine, self._shared
         key = None
-        if out is None and type(axis) is int and engine.is_native(x):
-            signature = engine.signature(shared, x)
-            if signature is not None:
-                key = (type(x), signature, axis)
-                run = self._runners.lookup(key)
+        if out is None and type(axis) is int:
+            layout = self._layout_key(x)
+            if layout is not None:
+                key = (type(x), layout, axis)
+                run = self._remembered(key)
                 if run is not None:
-                    return run(shared, x)
+                    try:
+                        return run(self._shared, x)
+                    except Exception:  # noqa: BLE001 - what the key leaves out (devices): the checks say
+                        pass
+        shared = self._shared
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
             return adapter.matvec(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
@@ -186,8 +195,8 @@ def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = Non
     >>> op = batchmv.prepare(np.array([[1.0, 2.0], [3.0, 4.0]]))
     >>> op(np.array([[1.0, 0.0], [0.0, 1.0]])).tolist()
     [[1.0, 3.0], [2.0, 4.0]]
-    >>> op.plan(np.ones(2)).kernel
-    'gemm'
+    >>> op.plan(np.ones(2)).kernel, op.plan(np.ones((5, 2))).kernel  # one vector: numpy's GEMV
+    ('gemv', 'gemm')
     >>> op.T @ np.array([1.0, 0.0]), op.H.H is op, op.shape
     (array([1., 2.]), True, (2, 2))
     """

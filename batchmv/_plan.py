@@ -13,7 +13,7 @@ from . import _layout, _skinny
 class OperandView:
     """One view that reaches the kernel."""
 
-    name: str  #: "A.T", "X2" or "Y2"
+    name: str  #: "A.T", "X2" or "Y2" (a GEMM's); "A", "x" or "y" (a GEMV's)
     shape: tuple[int, ...]
     strides: tuple[int | None, ...]  #: in elements
     order: str | None  #: "row-major", "col-major" (BLAS reads it as is) or None
@@ -25,6 +25,7 @@ class OperandView:
         where = f"new buffer ({self.source})" if self.offset is None else f"offset {self.offset} B in {self.source}"
         flag = {"row-major": "N (row-major)", "col-major": "T (col-major)", None: "any strides"}[self.order]
         flag = f"C ({self.order}, conj)" if self.conj else flag
+        flag = f"vector, inc {self.strides[0]}" if len(self.shape) == 1 else flag
         return f"  {self.name:<4} shape={self.shape!s:<14} strides={self.strides!s:<12} blas={flag:<15} {where}"
 
 
@@ -39,7 +40,9 @@ class Plan:
     """
 
     backend: str  #: engine that runs the call
-    kernel: str  #: "gemm", or "gemm loop" when batch axes cannot be viewed as one
+    #: "gemm", "gemm loop" when batch axes cannot be viewed as one, "gemv" for one vector
+    #: (x 1-D), "gemm row blocks" for a few vectors and a large A (:mod:`batchmv._skinny`)
+    kernel: str
     copies: tuple[str, ...]  #: one entry per copy that matvec makes; empty when none
     flops: int  #: 2·m·n·batch
     bytes: int  #: minimum memory traffic: A, the distinct vectors of x, and y, once each
@@ -118,6 +121,8 @@ def describe(call: Any) -> Plan:
         })  # fmt: skip
     a_op, _ = eng.operand(call.a, call.op) if call.op != "N" or call.conj else (call.a, False)
     m, n = eng.shape(a_op)
+    if call.kernel == "gemv":
+        return _gemv_plan(call, a_op, flops, itemsize * (m * n + n + m))
     distinct = sched.rows * sched.gemm_calls
     a_strides = eng.strides(a_op)
     conj_x = call.conj == "xy" and not sched.x_copy
@@ -155,3 +160,20 @@ def describe(call: Any) -> Plan:
         "gemm": _gemm_text(call.op, call.conj),
         **blocked,
     })
+
+
+def _gemv_plan(call: Any, a_op: Any, flops: int, traffic: int) -> Plan:
+    """The report of a call on one vector that runs the library's matrix-vector product
+    (``kernel == "gemv"``): op(A) and x as they are, y new."""
+    eng = call.engine
+    (m, n), strides = eng.shape(a_op), eng.strides(a_op)
+    name = "A.T" if call.op in ("T", "H") else "A"
+    views = (
+        OperandView(name, (m, n), strides, _layout.blas_order(m, n, *strides), eng.address(a_op)[1], "A"),
+        OperandView("x", (n,), eng.strides(call.x), None, eng.address(call.x)[1], "x"),
+        OperandView("y", (m,), (1,), None, None, "y"),
+    )
+    return Plan(
+        backend=eng.name, kernel="gemv", copies=call.copies, flops=flops, bytes=traffic, home=call.home.name,
+        dtype=str(call.dtype), views=views, notes=call.notes, op=call.op, gemm=f"y = {name} @ x",
+    )  # fmt: skip

@@ -59,6 +59,7 @@ _lock = threading.Lock()
 #: loaded later in that trace would be missing from it).
 _engines = types.SimpleNamespace()
 _library_of_type: dict[type, str | None] = {}
+_library_of_pair: dict[tuple[type, type], str | None] = {}
 
 
 def constant_when_traced(fn: Any) -> Any:
@@ -176,10 +177,24 @@ def engine_of_types(kind_a: type, kind_x: type) -> Engine | None:
     >>> engine_of_types(np.ndarray, np.ndarray).name, engine_of_types(np.ndarray, list)
     ('numpy', None)
     """
-    lib = library_of_type(kind_x)
-    if lib is None or library_of_type(kind_a) != lib:
+    lib = library_of_types(kind_a, kind_x)
+    if lib is None:
         return None
     return getattr(_engines, lib, None) or get_engine(lib)
+
+
+@constant_when_traced
+def library_of_types(kind_a: type, kind_x: type) -> str | None:
+    """Name of the library whose arrays both types are, or None (cached: one look-up for
+    a repeated call)."""
+    try:
+        return _library_of_pair[kind_a, kind_x]
+    except KeyError:
+        pass
+    lib = library_of_type(kind_x)
+    found = lib if lib is not None and library_of_type(kind_a) == lib else None
+    _library_of_pair.setdefault((kind_a, kind_x), found)
+    return found
 
 
 def _attribute(module: Any, path: str) -> Any:

@@ -35,20 +35,24 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     if eng is not call.home or call.out is not None or call.copies:
         return None
     if sched is None:
-        return _skinny.expression_for(call) or (lambda a, x: eng.expression(a, x, axis, op))
+        return _skinny.expression_for(call) or eng.expression_runner(axis, op)
+    if call.kernel == "gemv":  # one vector: the library's matrix-vector product on A and x
+        return eng.gemv_kernel(call.a, call.x, op != "N")
     if sched.loop_shape or sched.zero_axes:
         return None
-    blocked = _skinny.gemm_for(call)  # row blocks of A for skinny batches (op "N" only)
     perm, view_shape, split_shape = sched.perm, sched.view_shape, sched.split_shape
     permute_x = perm != tuple(range(len(perm)))
     view_x = tuple(eng.shape(call.x)[i] for i in perm) != view_shape
     view_y = split_shape != (sched.rows, call.y_shape[axis])
     unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute_x else None
-    plain = op != "N" or conj is not None  # A's memory without torch's lazy conjugate bit
-    if not (permute_x or view_x or view_y or plain):
-        gemm = blocked or eng.gemm
+    # A's memory without torch's lazy conjugate bit, when it has one (a bit is part of the
+    # key, and a tensor's bit never changes)
+    a_plain, plain = eng.plain(call.a)
+    # the GEMM, chosen once for views laid out as this call's (row blocks of A for skinny batches)
+    x2 = eng.view(eng.permute(call.x, perm) if permute_x else call.x, view_shape) if view_x else call.x
+    gemm = _skinny.gemm_for(call) or eng.gemm_kernel(x2, a_plain, op not in ("T", "H"), conj == "flag")
+    if not (permute_x or view_x or view_y or plain or conj == "xy"):
         return lambda a, x: gemm(x, a)  # x is the GEMM's X2 and its result is y
-    gemm, tracked = blocked or _gemm(eng, op, conj), call.tracks_graph
 
     def run(a: Any, x: Any) -> Any:
         if plain:
@@ -56,9 +60,10 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
         if permute_x:
             x = eng.permute(x, perm)
         x2 = eng.view(x, view_shape) if view_x else x
-        y = gemm(eng.conj_copy(x2) if conj == "xy" else x2, a)
-        if conj == "xy":
-            y = eng.conj_inplace(y, tracked)
+        if conj == "xy":  # (a new y where autograd records this call, else y in place)
+            y = eng.conj_inplace(gemm(eng.conj_copy(x2), a), eng.tracks_graph(a, x))
+        else:
+            y = gemm(x2, a)
         if view_y:
             y = eng.view(y, split_shape)
         return eng.permute(y, unperm) if unperm else y

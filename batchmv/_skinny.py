@@ -274,7 +274,8 @@ def gemm_for(call: Any) -> Optional[Callable[..., Any]]:
     eng = call.engine
 
     def gemm(x2: Any, a: Any, out: Any = None) -> Any:
-        views = _host(eng, a, x2)
+        # (a remembered call may repeat on tensors that autograd must see: the engine's GEMM)
+        views = None if eng.tracks_graph(a, x2) else _host(eng, a, x2)
         if views is None:
             return eng.gemm(x2, a, out)
         y = eng.empty((plan.batch, plan.m), call.dtype, x2) if out is None else out

@@ -433,6 +433,43 @@ def same_memory(a: Any, b: Any) -> bool:
     return overlaps(byte_range(a), byte_range(b))
 
 
+def record_kernels(engine: Any, monkeypatch: Any, note: Any) -> None:
+    """Wrap every way a strided engine computes, its ``gemm`` and the kernels that
+    ``gemm_kernel`` and ``gemv_kernel`` choose for remembered calls, so that
+    ``note(kind, v, a, out, conj)`` sees each kernel call once: kind "gemm" (``v`` is X2)
+    or "gemv" (``v`` is the vector x); ``conj``: BLAS's conjugate flag on A."""
+    gemm, gemm_kernel, gemv_kernel = engine.gemm, engine.gemm_kernel, engine.gemv_kernel
+    inside = [0]  # (a chosen kernel may call gemm: one call, noted once)
+
+    def noted(kind: str, kernel: Any, conj: bool = False) -> Any:
+        def run(v: Any, a: Any) -> Any:
+            first, matrix = (a, v) if kind == "gemv" else (v, a)  # gemv kernels take (a, x)
+            note(kind, first, matrix, None, conj)
+            inside[0] += 1
+            try:
+                return kernel(v, a)
+            finally:
+                inside[0] -= 1
+
+        return run
+
+    def gemm_(x2: Any, a: Any, out: Any = None, conj: bool = False, trans: bool = True) -> Any:
+        if not inside[0]:
+            note("gemm", x2, a, out, conj)
+        return gemm(x2, a, out, conj, trans)
+
+    def gemm_kernel_(x2: Any, a: Any, trans: bool = True, conj: bool = False) -> Any:
+        return noted("gemm", gemm_kernel(x2, a, trans, conj), conj)
+
+    def gemv_kernel_(a: Any, x: Any, trans: bool = False) -> Any:
+        kernel = gemv_kernel(a, x, trans)
+        return None if kernel is None else noted("gemv", kernel)
+
+    monkeypatch.setattr(engine, "gemm", gemm_)
+    monkeypatch.setattr(engine, "gemm_kernel", gemm_kernel_)
+    monkeypatch.setattr(engine, "gemv_kernel", gemv_kernel_)
+
+
 def byte_range(a: Any) -> tuple[int, int]:
     if isinstance(a, np.ndarray):
         ptr = a.__array_interface__["data"][0]

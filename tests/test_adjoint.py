@@ -173,18 +173,16 @@ def a_view(name: str, m: int, n: int, dtype: str, seed: int = 0) -> np.ndarray:
 
 
 class GemmRecorder:
-    """Wraps an engine's ``gemm`` and records the byte ranges it receives and its flags."""
+    """Records the byte ranges an engine's kernels receive (GEMMs and GEMVs:
+    :func:`support.record_kernels`) and their conjugate flag."""
 
     def __init__(self, engine_name, monkeypatch):
         self.calls: list[dict] = []
-        engine = _registry.get_engine(engine_name)
-        original = engine.gemm
 
-        def gemm(x2, a, out=None, conj=False, trans=True):
+        def note(kind, x2, a, out, conj):
             self.calls.append({"a": support.byte_range(a), "conj": conj, "x2": support.byte_range(x2)})
-            return original(x2, a, out, conj, trans)
 
-        monkeypatch.setattr(engine, "gemm", gemm)
+        support.record_kernels(_registry.get_engine(engine_name), monkeypatch, note)
 
 
 def within(inner, outer) -> bool:

@@ -134,7 +134,7 @@ def test_selection_settings_are_part_of_the_key(rng, fresh_selection, monkeypatc
     assert seen == [1, 1]
 
 
-def test_torch_grad_state_and_lazy_bits_are_part_of_the_key(rng):
+def test_torch_grad_state_and_lazy_bits_are_respected(rng):
     support.need("torch")
     import torch
 

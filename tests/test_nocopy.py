@@ -91,15 +91,16 @@ def within(inner: tuple[int, int], outer: tuple[int, int]) -> bool:
 
 
 class GemmRecorder:
-    """Wraps an engine's ``gemm`` and records the byte ranges of what it receives."""
+    """Records the byte ranges of what an engine's kernels receive (GEMMs and GEMVs:
+    :func:`support.record_kernels`)."""
 
     def __init__(self, engine, monkeypatch):
         self.calls: list[dict] = []
-        original = engine.gemm
 
-        def gemm(x2, a, out=None):
+        def note(kind, x2, a, out, conj):
             self.calls.append(
                 {
+                    "kind": kind,
                     "x2": support.byte_range(x2),
                     "a": support.byte_range(a),
                     "a_shape": tuple(a.shape),
@@ -107,9 +108,8 @@ class GemmRecorder:
                     "out": None if out is None else support.byte_range(out),
                 }
             )
-            return original(x2, a, out)
 
-        monkeypatch.setattr(engine, "gemm", gemm)
+        support.record_kernels(engine, monkeypatch, note)
 
 
 def record(engine_name: str, monkeypatch) -> GemmRecorder:

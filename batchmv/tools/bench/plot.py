@@ -71,8 +71,9 @@ def plot(report: dict[str, Any], path: str, max_panels: int = 12) -> None:
         if label is not None and label not in order:
             order.append(label)
             kinds.setdefault(label, (a["kind"], a["home"]))
-    cols = min(3, max(1, len(panels)))
-    nrows = max(1, math.ceil(len(panels) / cols))
+    tiny = [o for o in report.get("overhead", []) if o["overhead_s"] is not None and not o["call"].startswith("native")]
+    cols = min(3, max(1, len(panels) + bool(tiny)))
+    nrows = max(1, math.ceil((len(panels) + bool(tiny)) / cols))
     fig = Figure(figsize=(5.6 * cols, 4.0 * nrows + 2.4), layout="constrained")
     FigureCanvasAgg(fig)
     roof = report["roofline"]
@@ -109,6 +110,8 @@ def plot(report: dict[str, Any], path: str, max_panels: int = 12) -> None:
         ax.set_ylabel("GFLOP/s (median)")
         ax.grid(True, which="major", alpha=0.3)
         ax.yaxis.set_minor_formatter(NullFormatter())
+    if tiny:
+        _tiny_panel(fig.add_subplot(nrows, cols, len(panels) + 1), tiny)
     mach = report["machine"]
     load = [mach.get("load_average_start", [float("nan")])[0], (mach.get("load_average_end") or [float("nan")])[0]]
     fig.suptitle(
@@ -119,6 +122,22 @@ def plot(report: dict[str, Any], path: str, max_panels: int = 12) -> None:
     labels = [h for h in order if h in handles] + [h for h in handles if h not in order]
     fig.legend([handles[h] for h in labels], labels, loc="outside lower center", ncol=4, fontsize=8, frameon=False)
     fig.savefig(path, dpi=100)
+
+
+def _tiny_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Target (2): each batchmv call's overhead over the best native call of its library at
+    m = n = 16, one bar per (library, shape of x, call), with the two limits."""
+    labels = [f"{r['home']} {r['x_shape']} {'prepare' if 'prepare' in r['call'] else 'matvec'}" for r in rows]
+    values = [r["overhead_s"] * 1e6 for r in rows]
+    colors = ["tab:blue" if "prepare" in r["call"] else "tab:orange" for r in rows]
+    ax.barh(range(len(rows)), values, color=colors)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    for limit, color in ((2.0, "tab:orange"), (1.0, "tab:blue")):
+        ax.axvline(limit, color=color, ls="--", lw=1)
+    ax.set_xlabel("overhead over the best native call, us (median)")
+    ax.set_title("tiny calls, m = n = 16, float32 (limits: matvec 2 us, prepare 1 us)", fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
 
 
 def plot_skinny(report: dict[str, Any], path: str) -> None:

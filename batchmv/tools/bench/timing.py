@@ -2,7 +2,7 @@
 manner of ``timeit``: the number of calls per block is calibrated so that a block takes
 about a tenth of ``--min-time``, and blocks run until ``--min-time`` has passed (at least
 3 blocks).  Two calls can also be timed alternating block by block (:func:`paired`), so
-that a change in the machine's load hits both alike.
+that a change in the machine's load hits both alike, and several (:func:`alternated`).
 
 Every call is timed through :mod:`batchmv._timing`, the library's one timer: each result
 is waited for (jax dispatches asynchronously, GPUs run on streams) and the garbage
@@ -40,6 +40,29 @@ def measure(fn: Callable[[], Any], min_time: float, first: float | None = None) 
     )
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return Timing(statistics.median(times), q[2] - q[0], min(times), len(times), number)
+
+
+def alternated(fns: dict[str, Callable[[], Any]], min_time: float, rounds: int = 7) -> dict[str, Timing]:
+    """Medians of the per-call times of several calls timed in alternation: each round
+    times one block of every call, in an order that rotates from round to round, so that
+    a change in the machine's load hits them all alike; at least ``rounds`` rounds, until
+    ``min_time`` has passed per call.  (For tiny calls: every block of one size.)"""
+    names = list(fns)
+    firsts = {name: seconds_per_call(fns[name], 100) for name in names}  # (warm-up)
+    number = max(1, int(min_time / 10 / max(max(firsts.values()), 1e-9)))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    spent, done = 0.0, 0
+    while done < rounds or spent < min_time * len(names):
+        for name in names[done % len(names) :] + names[: done % len(names)]:
+            seconds = seconds_per_call(fns[name], number)
+            times[name].append(seconds)
+            spent += seconds * number
+        done += 1
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=4)
+        out[name] = Timing(statistics.median(ts), q[2] - q[0], min(ts), len(ts), number)
+    return out
 
 
 def seconds_per_call(fn: Callable[[], Any], number: int = 1) -> float:
