@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+import threading
 import types
 from typing import Any
 
@@ -17,14 +18,15 @@ from . import _registry
 
 #: The loaded kits, as attributes named like their libraries (a namespace, as ``_engines`` is).
 _kits = types.SimpleNamespace()
+_lock = threading.Lock()
 _sparse_of_type: dict[type, str | None] = {}
 
 
 @_registry.constant_when_traced
 def library_of_type(kind: type) -> str | None:
-    """Name of the library (a key of :data:`batchmv._registry.SPARSE`) one of whose sparse types ``kind`` is,
-    or None (cached; imports nothing).  For torch every tensor type qualifies: its kit
-    tells a sparse layout from a strided one."""
+    """Name of the library (a key of :data:`batchmv._registry.SPARSE`) one of whose sparse
+    types ``kind`` is, or None (cached; imports nothing).  For torch every tensor type
+    qualifies: its kit tells a sparse layout from a strided one."""
     name = _sparse_of_type.get(kind, False)
     if name is not False:
         return name
@@ -52,7 +54,8 @@ def kit_of(obj: Any) -> Any:
 
 
 def get(name: str) -> Any:
-    """The sparse kit of library ``name`` (a key of :data:`batchmv._registry.SPARSE`), imported on first use."""
+    """The sparse kit of library ``name`` (a key of :data:`batchmv._registry.SPARSE`),
+    imported on first use."""
     kit = getattr(_kits, name, None)
     if kit is not None:
         return kit
@@ -64,7 +67,7 @@ def _load_kit(name: str) -> str:
     """Import and build the kit of ``name`` unless it is loaded (outside any trace); ``name``."""
     if not hasattr(_kits, name):
         built = importlib.import_module(f"batchmv.backends.{_registry.SPARSE[name].kit}").KIT()
-        with _registry._lock:
+        with _lock:  # publish one finished kit, even when threads race here
             if not hasattr(_kits, name):
                 setattr(_kits, name, built)
     return name
