@@ -12,9 +12,11 @@ imports batchmv as any client would.
   vectors (a copy, reported by ``plan``; ``copy=False`` raises
   :class:`batchmv.CopyRequiredError`); either way every block stays within x's largest
   chunk or dask's ``array.chunk-size``, whichever is larger (:mod:`._dask_graph` says which
-  graph a call gets and why).
+  graph a call gets and why).  With a sparse A, x chunked along ``axis`` is always
+  rechunked: the columns of a sparse matrix are no view of it.
 * ``A`` enters the graph once, as one key on which every block task depends (a numpy or
-  torch array as a literal, a dask array as its single chunk), so the pickled graph does
+  torch array, or a sparse matrix of scipy.sparse, torch or jax, as a literal, a dask array
+  as its single chunk), so the pickled graph does
   not grow with the number of blocks and a distributed scheduler sends A to each worker
   once.  A dask ``A`` in several chunks is first concatenated into one (a reported copy).
 * The engine is captured when the graph is built: the ``backend`` argument, else the
@@ -47,7 +49,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
-from batchmv import _api, _registry, _select
+from batchmv import _api, _registry, _select, _sparse_kits
 from batchmv._checks import SEQUENCES, check_copy, check_shapes, op_shape, refuse_copies, require_copy
 from batchmv._plan import Plan
 from batchmv.backends import _dask_graph as graphs
@@ -145,7 +147,10 @@ class DaskAdapter:
             # y's dtype as the blocks' library promotes it (the home engine's, whichever computes)
             y_dtype = _api.plan(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend="auto", op=op).dtype
             y_itemsize = np.dtype(y_dtype).itemsize
-            per_chunk = self._whole_vectors(x, ax, m, y_itemsize, copies, notes)
+            if _sparse_kits.kit_of(a_template) is not None:
+                per_chunk = self._sparse_whole_vectors(x, ax, copies, notes)
+            else:
+                per_chunk = self._whole_vectors(x, ax, m, y_itemsize, copies, notes)
             refuse_copies(copies, allow_copy)
             if not per_chunk:
                 x = graphs.rechunk_whole_vectors(x, ax, m, y_itemsize, graphs.block_limit(x))
@@ -190,6 +195,22 @@ class DaskAdapter:
             "x rechunked rather than multiplied per chunk: the partial products (y's size per chunk) would "
             "exceed the block limit, or take more memory while they are summed than a rechunk holds at once "
             "(m is large next to n)"
+        )
+        return False
+
+    @staticmethod
+    def _sparse_whole_vectors(x: da.Array, ax: int, copies: list[str], notes: list[str]) -> bool:
+        """A sparse A and an x chunked along ``ax``: x is rechunked (False).  Multiplying per
+        chunk would slice A's columns in every task, and a sparse matrix has no column views:
+        each task would copy its part of A."""
+        copies.append(
+            f"x: rechunked from {x.numblocks[ax]} chunks along axis {ax} to one (every vector must lie in one "
+            "block), blocks within x's largest chunk or array.chunk-size: each block is assembled from its "
+            "pieces, a copy of x"
+        )
+        notes.append(
+            "x rechunked rather than multiplied per chunk: A is sparse, and the columns of a sparse matrix "
+            "that a chunk meets are no view of it (each task would copy its part of A)"
         )
         return False
 
@@ -271,6 +292,9 @@ class DaskAdapter:
             op=first.op,
             temporaries=tuple(dict.fromkeys(f"each block: {t}" for b in block_reports for t in b.report.temporaries)),
             gemm=first.gemm,
+            format=first.format,
+            nnz=first.nnz,
+            index_dtype=first.index_dtype,
         )
 
 

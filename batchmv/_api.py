@@ -41,7 +41,9 @@ def matvec(
 
     Parameters
     ----------
-    A, x : arrays of numpy, torch, jax or cupy, objects with ``__dlpack__``, or sequences.
+    A, x : arrays of numpy, torch, jax or cupy, objects with ``__dlpack__``, or sequences;
+        A may also be sparse (scipy.sparse, torch sparse, jax BCOO/BCSR: one sparse-times-dense
+        product, ``plan(...).kernel == "spmm"``); x is always dense.
     axis : the axis of ``x`` that holds the vectors.
     out : optional array of the result's library, shape and dtype; written and returned.
     backend : engine name ("auto", "numpy", "torch", ...) or None for

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
-from . import _layout, _registry, _select
-from ._checks import SEQUENCES, check_copy, check_shapes, dlpack_device, op_shape, refuse_copies
+from . import _layout, _registry, _select, _sparse, _sparse_kits
+from ._arrays import adopt, check_out, share, to_home
+from ._checks import check_copy, check_shapes, dlpack_device, op_shape, refuse_copies
 from ._errors import CopyRequiredError
 
 #: ``choose(home, a, x, axis, dtype, op, out) -> (engine name, note)``: how a call with
@@ -45,66 +46,10 @@ class Call(NamedTuple):
     kernel: str = "gemm"
 
 
-def to_home(obj: Any, label: str, home: Any, allow_copy: bool, copies: list[str]) -> Any:
-    """``obj`` as an array of the home library, shared without a copy where possible."""
-    lib = _registry.library_of(obj)
-    if lib == home.name:
-        try:
-            return home.asarray(obj)  # numpy scalars become 0-d arrays; arrays pass through
-        except TypeError as err:  # an array whose data alone is not its meaning (a masked array)
-            raise TypeError(f"{label}: {err}") from None
-    if lib is not None:
-        source = _registry.get_engine(lib)
-        refusal = source.export_refusal(obj)
-        if refusal:
-            raise TypeError(f"{label} ({lib}) cannot be shared with {home.name}: {refusal}")
-        arr, reason = _adopt(home, obj, label, allow_copy, source)
-    elif hasattr(obj, "__dlpack__"):
-        arr, reason = _adopt(home, obj, label, allow_copy)
-    elif isinstance(obj, SEQUENCES):
-        reason = f"{label}: Python {type(obj).__name__} converted to an array with numpy.asarray"
-        if not allow_copy:
-            raise CopyRequiredError(f"{reason}; copy=False forbids it")
-        arr = _registry.get_engine(_registry.SEQUENCE_HOME).asarray(obj)
-        if home.name != _registry.SEQUENCE_HOME:
-            arr, _ = home.adopt(arr, allow_copy=True, writable=False)
-    else:
-        raise TypeError(
-            f"{label} must be an array (numpy, torch, jax or cupy, or any object with __dlpack__) "
-            f"or a Python sequence; got {type(obj).__module__}.{type(obj).__qualname__}"
-        )
-    if reason:
-        copies.append(reason)
-    return arr
 
 
-def _adopt(engine: Any, obj: Any, label: str, allow_copy: bool, source: Any = None) -> tuple[Any, Optional[str]]:
-    """``engine.adopt(obj)`` with its failures in the documented forms: CopyRequiredError
-    naming ``label``; TypeError naming the dtype and the engine for anything a library
-    raises when it cannot carry an array across (a dtype DLPack or the engine lacks)."""
-    try:
-        arr, reason = engine.adopt(obj, allow_copy=allow_copy, writable=False, source=source)
-    except CopyRequiredError as err:
-        raise CopyRequiredError(f"{label}: {err}; copy=False forbids the copy") from None
-    except (TypeError, ValueError):
-        raise
-    except Exception as err:  # noqa: BLE001 - RuntimeError, BufferError, a library's own errors
-        lib = _registry.library_of(obj) or type(obj).__name__
-        raise TypeError(
-            f"the {engine.name} engine cannot take {label} ({lib}, dtype {getattr(obj, 'dtype', '?')}): "
-            f"{type(err).__name__}: {err}"
-        ) from err
-    return arr, (f"{label}: {reason}" if reason else None)
 
 
-def share(engine: Any, arr: Any, home: Any, label: str, allow_copy: bool, copies: list[str]) -> Any:
-    """``arr`` (an array of ``home``) as an array of ``engine``, without a copy where possible."""
-    refusal = home.export_refusal(arr)
-    if refusal:
-        raise TypeError(f"the {engine.name} engine cannot compute {label} ({home.name}): {refusal}")
-    shared, reason = _adopt(engine, arr, label, allow_copy, home)
-    copies.extend([reason] if reason else [])
-    return shared
 
 
 def build(
@@ -114,8 +59,13 @@ def build(
     """Check a call of ``y = op(A) @ x`` and decide everything about it; nothing is
     computed.  ``choose`` gives the engine of a call with ``backend="fastest"`` (without it:
     the home library's); ``op`` is checked by the caller (:func:`batchmv._checks.check_op`);
+    a sparse A gets a :class:`batchmv._sparse.SparseCall` instead (``choose`` unused);
     ``engine`` names the engine outright, skipping the selection rules (a prepared
     operator's, which may be an array-API library's that ``backend=`` cannot name)."""
+    kit = _sparse_kits.kit_of(a)
+    if kit is not None:  # a sparse A: its own path, one sparse-times-dense product
+        return _sparse.build(kit, a, x, axis, out, backend, copy, op, engine)  # type: ignore[return-value]
+    _sparse.refuse_sparse_x(x)
     allow_copy = check_copy(copy)
     copies: list[str] = []
     if engine is None:
@@ -137,7 +87,7 @@ def build(
     dtype = home.result_dtype(a_h, x_h)
     home.check_dtype(dtype)
     if out is not None:
-        _check_out(home, out, y_shape, dtype, home.device(x_h))
+        check_out(home, out, y_shape, dtype, home.device(x_h))
 
     notes: list[str] = []
     if engine_name == "fastest":
@@ -166,7 +116,7 @@ def build(
         # the result keeps the home library's promotion (numpy: int32 with float32 gives
         # float64; torch: float32), whichever engine computes it: the engine's name for
         # that dtype is the dtype of a one-element home array adopted by the engine
-        probe = _adopt(engine, home.empty((1,), dtype, x_h), "the result", True, home)[0]
+        probe = adopt(engine, home.empty((1,), dtype, x_h), "the result", True, home)[0]
         dtype = engine.dtype_of(probe)
         engine.check_dtype(dtype)
 
@@ -279,21 +229,6 @@ def _check_devices(a: Any, x: Any) -> None:
         )
 
 
-def _check_out(home: Any, out: Any, y_shape: tuple[int, ...], dtype: Any, device: str) -> None:
-    if not home.is_native(out):
-        raise TypeError(
-            f"out must be a {home.name} array (the result's library); got {type(out).__module__}.{type(out).__qualname__}"
-        )
-    if home.shape(out) != y_shape:
-        raise ValueError(f"out has shape {home.shape(out)}; the result has shape {y_shape}")
-    if home.dtype_of(out) != dtype:
-        raise TypeError(f"out has dtype {home.dtype_name(out)}; the result has dtype {dtype} (batchmv never casts silently)")
-    if home.device(out) != device:
-        raise TypeError(f"out is on {home.device(out)} and the inputs on {device}")
-    if not home.is_writable(out):
-        raise ValueError("out is read-only")
-    if 0 not in y_shape and any(st == 0 and size > 1 for st, size in zip(home.strides(out), y_shape)):
-        raise ValueError(f"out has stride 0 along an axis (strides {home.strides(out)}): several results would share one element")
 
 
 def _cast_reason(engine: Any, arr: Any, label: str, dtype: Any) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from . import _cache, _call, _linop, _registry, _run, _select
+from . import _arrays, _cache, _call, _linop, _registry, _run, _select, _sparse, _sparse_kits
 from ._checks import ADJOINT_OF, TRANSPOSE_OF, check_copy, check_shapes, op_shape
 from ._plan import Plan, describe
 
@@ -44,10 +44,10 @@ class MatVec(_linop.LinearOperatorMixin):
         # check A, and share it with the engine (refusing what would lose its meaning)
         engine = _registry.get_engine(engine_name)
         home = _registry.get_engine(home_name)
-        a_h = _call.to_home(A, "A", home, copy is None, [])
+        a_h = _arrays.to_home(A, "A", home, copy is None, [])
         shape = home.shape(a_h)
         check_shapes(shape, shape[-1:], -1)
-        shared = a_h if engine is home else _call.share(engine, a_h, home, "A", copy is None, [])
+        shared = a_h if engine is home else _arrays.share(engine, a_h, home, "A", copy is None, [])
         self._set(A, engine, shared, copy, "N", {})
         _linop.register_with_jax(type(self))
 
@@ -144,13 +144,49 @@ class MatVec(_linop.LinearOperatorMixin):
         return obj
 
 
+class SparseMatVec(MatVec):
+    """:class:`MatVec` for a sparse A (scipy.sparse, torch sparse, jax BCOO/BCSR): the same
+    operator API, each call one sparse-times-dense product (:mod:`batchmv._sparse`), checked
+    every time (the remembered kernels are those of dense calls).  A is shared with the
+    engine once, here: another library's engine gets A's index and value arrays."""
+
+    def __init__(self, A: Any, kit: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> None:
+        check_copy(copy)
+        name = _select.requested(backend)
+        if name == "fastest":
+            raise ValueError('prepare() needs a fixed engine; "fastest" is not measured for a sparse A: use "auto"')
+        engine = _registry.get_engine(kit.engine if name == "auto" else name)
+        kit, shared = _sparse.cross(kit, A, engine, copy is None, [])
+        kit.info(shared)  # (ValueError for a sparse A that is not a matrix)
+        self._set(A, engine, shared, copy, "N", {})
+        _linop.register_with_jax(type(self))
+
+    def __call__(self, x: Any, *, axis: int = -1, out: Any = None) -> Any:
+        """``matvec(A, x, axis=axis, out=out, op=self.op)`` on the prepared engine."""
+        adapter = _registry.adapter_for(type(x))
+        if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
+            return adapter.matvec(self._shared, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
+        return _run.execute(self._build(x, axis, out))
+
+    def plan(self, x: Any, *, axis: int = -1, out: Any = None) -> Plan:
+        """What ``self(x, axis=axis, out=out)`` does, computing nothing."""
+        adapter = _registry.adapter_for(type(x))
+        if adapter is not None:
+            return adapter.plan(self._shared, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
+        return describe(self._build(x, axis, out))
+
+    def _build(self, x: Any, axis: int, out: Any) -> Any:
+        return _call.build(self._shared, x, axis, out, None, self.copy, op=self.op, engine=self.backend)
+
+
 def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> MatVec:
     """Check ``A`` once and share it with its engine once; call the result like ``matvec``.
 
     For the time-series use: one matrix applied thousands of times to small batches, and
     for solvers: the result is a linear operator (:class:`MatVec`: ``op.T``, ``op.H``,
     ``matvec``/``rmatvec``/``matmat``/``rmatmat``, ``@``) that ``scipy.sparse.linalg``
-    takes as it is, and a JAX pytree when JAX is imported.  Raises what :func:`matvec`
+    takes as it is, and a JAX pytree when JAX is imported.  A sparse A (scipy.sparse,
+    torch sparse, jax BCOO/BCSR) gives a :class:`SparseMatVec`, the same API.  Raises what :func:`matvec`
     raises for A (ValueError when A is not 2-D, TypeError for arrays no engine takes,
     :class:`CopyRequiredError` with ``copy=False`` where sharing A with the engine needs a
     copy), and ValueError for ``backend="fastest"``.
@@ -164,4 +200,7 @@ def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = Non
     >>> op.T @ np.array([1.0, 0.0]), op.H.H is op, op.shape
     (array([1., 2.]), True, (2, 2))
     """
+    kit = _sparse_kits.kit_of(A)
+    if kit is not None:
+        return SparseMatVec(A, kit, backend=backend, copy=copy)
     return MatVec(A, backend=backend, copy=copy)

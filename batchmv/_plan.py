@@ -60,6 +60,9 @@ class Plan:
     gemm: str = "Y2 = X2 @ A.T"  #: what the GEMM computes on the views
     block_rows: int | None = None  #: rows of A per GEMM call, when the kernel is "gemm row blocks"
     threads: int | None = None  #: threads that run the row blocks (block j on thread j % threads)
+    format: str = "dense"  #: the format A is computed in ("csr", "csc (A^T: a view of A's csr arrays)", ...)
+    nnz: int | None = None  #: stored entries of a sparse A (explicit zeros and duplicates included)
+    index_dtype: str | None = None  #: dtype of a sparse A's index arrays
 
     def __str__(self) -> str:
         lines = [
@@ -72,6 +75,7 @@ class Plan:
             *("  " + v.describe() for v in self.views),
             "  copies: " + ("none" if not self.copies else ""),
             *(f"    - {c}" for c in self.copies),
+            *([f"  sparse A: {self.format}, nnz {self.nnz:,}, {self.index_dtype} indices"] if self.nnz is not None else []),
             *(["  temporaries:"] if self.temporaries else []),
             *(f"    - {t}" for t in self.temporaries),
             *(f"  note: {n}" for n in self.notes),
@@ -91,7 +95,11 @@ def _gemm_text(op: str, conj: Any) -> str:
 
 
 def describe(call: Any) -> Plan:
-    """The public report of a checked call (:class:`batchmv._call.Call`)."""
+    """The public report of a checked call (:class:`batchmv._call.Call`; a call that
+    reports itself, :class:`batchmv._sparse.SparseCall`, gives its own)."""
+    report = getattr(call, "report", None)
+    if report is not None:
+        return report()
     eng, sched = call.engine, call.schedule
     a_shape, x_shape = eng.shape(call.a), eng.shape(call.x)
     m, n = a_shape

@@ -276,3 +276,30 @@ def get_adapter(name: str) -> Any:
     built = importlib.import_module(f"batchmv.backends.{name}").ADAPTER_CLASS()
     with _lock:
         return _adapters.setdefault(name, built)
+
+
+# -- sparse matrices: A in a library's sparse formats ------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """A library's sparse matrices, which batchmv takes as A (x stays dense).  Its module,
+    ``batchmv.backends.<kit>``, defines ``KIT``: what batchmv does with them (their format,
+    views of op(A), the sparse-times-dense product, their index and value arrays)."""
+
+    name: str  #: the library's name in reports ("scipy", "torch", "jax")
+    module: str  #: the module that defines the types; nothing is one before it is imported
+    array_types: tuple[str, ...]  #: attribute paths, in ``module``, of the sparse types
+    engine: str  #: the engine of the dense arrays the product takes and returns
+    kit: str  #: the module in batchmv.backends with the library's sparse operations
+
+
+SPARSE: dict[str, SparseSpec] = {
+    spec.name: spec
+    for spec in (
+        SparseSpec("scipy", "scipy.sparse", ("sparray", "spmatrix"), "numpy", "_sparse_scipy"),
+        # every tensor is a torch.Tensor: the kit tells sparse layouts from strided ones
+        SparseSpec("torch", "torch", ("Tensor",), "torch", "_sparse_torch"),
+        SparseSpec("jax", "jax.experimental.sparse", ("BCOO", "BCSR"), "jax", "_sparse_jax"),
+    )
+}

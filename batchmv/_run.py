@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
-from . import _skinny
+from . import _skinny, _sparse
 from ._call import Call
 
 
@@ -85,6 +85,8 @@ def _gemm(eng: Any, op: str, conj: Any, copied: bool = False) -> Any:
 
 def execute(call: Call) -> Any:
     """Run a built call and return the result (``out`` itself when given)."""
+    if isinstance(call, _sparse.SparseCall):
+        return _sparse.execute(call)
     run = runner(call)
     if run is not None:
         return run(call.a, call.x)

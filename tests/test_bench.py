@@ -211,3 +211,39 @@ def test_skinny_targets_pass_and_fail():
     assert found["S2"]["status"] == "PASS"  # batch 16 at 72 %; batch 64 is outside 8-32
     assert found["S3"]["status"] == "FAIL" and len(found["S3"]["failures"]) == 1  # 1.01 with row blocks; 1.04 at batch 1 is within
     assert "1.010" in found["S3"]["failures"][0]
+
+
+def test_sparse_section_runs_against_each_librarys_own_product(tmp_path):
+    out = tmp_path / "sparse.json"
+    cmd = [sys.executable, "-m", "batchmv", "bench", "--sparse", "--quick", "--threads", "1", "--min-time", "0.002",
+           "--no-progress", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["section"] == "sparse" and report["machine"]["threads"] == 1
+    for key in ("cpu_model", "caches", "blas", "versions", "load_average_end"):
+        assert key in report["machine"]
+    rows = report["results"]
+    libraries = {"scipy", *(lib for lib in ("torch", "jax") if lib in report["machine"]["versions"])}
+    assert {r["library"] for r in rows} == libraries
+    assert {(r["density"], r["batch"]) for r in rows} == {(d, b) for d in (1e-3, 1e-1) for b in (1, 64)}
+    for r in rows:
+        assert r["ratio"] > 0 and r["native_s"] > 0 and r["batchmv_s"] > 0 and r["dense_s"] > 0
+        assert r["max_rel_error"] < 1e-12  # batchmv's result is the library's own product's
+    (target,) = report["targets"]
+    assert target["id"] == "SP1" and target["status"] in ("PASS", "FAIL")
+    assert "Sparse A (float64 CSR" in done.stdout and "SP1" in done.stdout
+
+
+def test_sparse_target_passes_and_fails():
+    from batchmv.tools.bench import sparse
+
+    rows = [
+        {"library": "scipy", "density": 0.01, "batch": 16, "ratio": 1.02, "native_s": 1e-3},
+        {"library": "torch", "density": 0.01, "batch": 16, "ratio": 1.3, "native_s": 2e-5},
+        {"library": "jax", "density": 0.1, "batch": 4096, "native_s": None},  # skipped: no ratio, not counted
+    ]
+    result = sparse.check(rows)
+    assert result["status"] == "FAIL" and result["measured"] == "1 of 2 points within 1.05x"
+    assert result["failures"] == ["torch density 0.01 batch 16: 1.30x (20.0 us native)"]
+    assert sparse.check(rows[:1])["status"] == "PASS" and sparse.check(rows[2:])["status"] == "n/a"

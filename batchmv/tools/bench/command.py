@@ -16,7 +16,7 @@ from ..arguments import positive, positive_float
 from .config import DTYPES, LAYOUTS, Config
 from .plot import plot, plot_skinny
 from .report import print_report, to_json
-from .suite import run
+from .suite import run, run_sparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--no-cross", action="store_true",
         help="skip batchmv calls whose engine is not the arrays' own library (otherwise run in float32)")
     add("--cross", action="store_true", help="with --quick: include them (--quick skips them otherwise)")
+    add("--sparse", action="store_true",
+        help="only the sparse section: a sparse A against each library's own sparse product, densities 1e-4 to "
+             "1e-1, batch 1 to 4096 (--quick: a small one)")
     add("--all-peers", action="store_true",
         help="every peer at every dtype and layout (default: beyond float32 with A in C order, only the "
              "broadcast matmul and numpy.matvec)")
@@ -78,7 +81,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
             print("error: --plot needs matplotlib: pip install 'batchmv[bench]'", file=sys.stderr)
             return 2
     config = Config.from_args(args)
-    report = run(config)
+    report = run_sparse(config) if args.sparse else run(config)
     print_report(report)
     if args.json:
         with open(args.json, "w") as fh:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .overhead import TINY
 from .skinny import table as skinny_table
+from .sparse import table as sparse_table
 
 
 def to_json(report: dict[str, Any]) -> str:
@@ -51,6 +52,8 @@ def _cell(r: dict[str, Any] | None) -> str:
 
 
 def print_report(report: dict[str, Any]) -> None:
+    if report.get("section") == "sparse":
+        return _print_sparse(report)
     mach, roof, cfg = report["machine"], report["roofline"], report["config"]
     load = mach.get("load_average_start") or [float("nan")]
     load_end = mach.get("load_average_end") or [float("nan")]
@@ -60,12 +63,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"warning: the machine was busy (load average {load[0]:.2f} at start, {load_end[0]:.2f} at end, with "
               f"{cfg['threads']} threads of this run, on {mach['cpus_usable']} CPUs): timings are slow and erratic, "
               "multi-threaded ones most; each result's load average is in --json")  # fmt: skip
-    versions = ", ".join(f"{k} {v}" for k, v in mach["versions"].items())
-    print(f"versions: {versions}")
-    blas = "; ".join(
-        f"{p.get('internal_api')} {p.get('version') or ''} ({os.path.basename(p.get('filepath', ''))})" for p in mach["blas"]
-    )
-    print(f"BLAS (threadpoolctl): {blas}" + (f"; torch: {mach['torch']['blas']}" if "torch" in mach else ""))
+    _print_libraries(mach)
     peaks = "; ".join(f"{lib} " + ", ".join(f"{d} {g:.0f}" for d, g in per.items()) for lib, per in roof["peak_gflops"].items())
     detail = roof["before"]["bandwidth_detail"]
     gemv = "; ".join(f"{lib} " + ", ".join(f"{d} {v['gbs']:.1f}" for d, v in per.items()) for lib, per in detail["gemv"].items())
@@ -126,3 +124,30 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"         fail: {f}")
         if len(t.get("failures", [])) > 8:
             print(f"         ... and {len(t['failures']) - 8} more (see --json)")
+
+
+def _print_libraries(mach: dict[str, Any]) -> None:
+    versions = ", ".join(f"{k} {v}" for k, v in mach["versions"].items())
+    print(f"versions: {versions}")
+    blas = "; ".join(
+        f"{p.get('internal_api')} {p.get('version') or ''} ({os.path.basename(p.get('filepath', ''))})" for p in mach["blas"]
+    )
+    print(f"BLAS (threadpoolctl): {blas}" + (f"; torch: {mach['torch']['blas']}" if "torch" in mach else ""))
+
+
+def _print_sparse(report: dict[str, Any]) -> None:
+    """The sparse section's report (``batchmv bench --sparse``)."""
+    mach, cfg = report["machine"], report["config"]
+    load, load_end = mach.get("load_average_start") or [float("nan")], mach.get("load_average_end") or [float("nan")]
+    print(f"batchmv bench --sparse: {mach['cpu_model']}, {mach['cpus_usable']} CPUs, {cfg['threads']} threads; "
+          f"load average {load[0]:.2f} at start, {load_end[0]:.2f} at end; {report['seconds']:.0f} s")  # fmt: skip
+    _print_libraries(mach)
+    caches = ", ".join(f"L{c['level']} {c['type'].lower()} {c['size']}" for c in mach.get("caches", []))
+    if caches:
+        print(f"caches (cpu0): {caches}")
+    print("\n".join(sparse_table(report["results"])))
+    print("\nTargets:")
+    for t in report["targets"]:
+        print(f"  [{t['status']:^4}] ({t['id']}) {t['target']}\n         {t['measured']}")
+        for f in t["failures"]:
+            print(f"         fail: {f}")

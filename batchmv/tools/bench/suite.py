@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from . import approaches, grid, isolation, machine, overhead, roofline, skinny, targets
+from . import approaches, grid, isolation, machine, overhead, roofline, skinny, sparse, targets
 from .config import Config, cpu_count
 
 
@@ -94,6 +94,46 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
     }
     report["targets"] = targets.check(report)
     return report
+
+
+def run_sparse(config: Config) -> dict[str, Any]:
+    """Run the sparse section alone (``--sparse``); return its report (JSON-serialisable)."""
+    cpus = cpu_count()
+    pinned = machine.pin(config.threads)
+    libs = machine.import_libraries()
+    import batchmv
+    from threadpoolctl import threadpool_limits
+
+    torch, jax = libs.get("torch"), libs.get("jax")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    x64_before = bool(jax.config.jax_enable_x64) if jax is not None else None
+    started = time.time()
+    try:
+        with threadpool_limits(limits=config.threads):
+            if torch is not None:
+                torch.set_num_threads(config.threads)
+            if jax is not None:
+                jax.config.update("jax_enable_x64", True)
+            about = machine.describe(libs, config, cpus)
+            densities, batches, _ = sparse.points(config.quick)
+            bar = _progress(len(densities) * len(batches) * len(libs), config.progress)
+            try:
+                rows = sparse.run(libs, batchmv, config.quick, config.min_time, config.max_call, functools.partial(_tick, bar))
+            finally:
+                if bar is not None:
+                    bar.close()
+            about["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+        if jax is not None:
+            jax.config.update("jax_enable_x64", x64_before)
+        if pinned is not None:
+            os.sched_setaffinity(0, pinned)
+    return {
+        "format": "batchmv-bench/1", "section": "sparse", "machine": about, "config": dataclasses.asdict(config),
+        "results": rows, "seconds": round(time.time() - started, 1), "targets": [sparse.check(rows)],
+    }  # fmt: skip
 
 
 class _Counter:

@@ -1,0 +1,118 @@
+"""scipy.sparse matrices as A (sparray and spmatrix): the product is scipy's own
+``A @ X`` with X a C-ordered (n, k) ndarray, vectors in columns, which runs one
+sparsetools kernel over all k vectors (``csr_matvecs``, ``csc_matvecs``, ``bsr_matvecs``,
+``coo_matmat_dense``) on A's arrays as they are: int32 and int64 indices alike, COO
+duplicates summed, explicit zeros kept.
+
+scipy's kernels read X only as a C-ordered (n, k) array (``other.ravel()``): vectors in
+the rows of x (the last axis) are copied into that layout first, as scipy's ``A @ X.T``
+itself does; batchmv reports that copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._sparse_kit import Parts, SparseInfo, SparseKit
+
+#: formats scipy multiplies as they are; others (dia, lil, dok) are converted to csr
+_NATIVE = frozenset({"csr", "csc", "coo", "bsr"})
+#: the format of A^T for each: csr and csc are each other's transpose on the same arrays
+_TRANSPOSED = {"csr": "csc", "csc": "csr", "coo": "coo", "bsr": "bsr"}
+_DTYPES = frozenset(np.dtype(t) for t in ("float32", "float64", "complex64", "complex128"))
+_BUILD = {"csr": sp.csr_array, "csc": sp.csc_array, "bsr": sp.bsr_array}
+
+
+class ScipySparse(SparseKit):
+    name = "scipy"
+    engine = "numpy"
+    assembles = True
+    kernel = "scipy.sparse A @ X (one sparsetools *_matvecs call)"
+    layout_need = "scipy's product reads the vectors as the columns of a C-ordered (n, k) array"
+
+    def info(self, a: Any) -> SparseInfo:
+        if a.ndim != 2:
+            raise ValueError(f"A must be 2-D; got a {a.ndim}-D scipy.sparse {a.format} array of shape {a.shape}")
+        arrays = _index_arrays(a)
+        index = arrays[0].dtype if arrays else None
+        data_bytes = a.data.nbytes if hasattr(a, "data") and isinstance(a.data, np.ndarray) else 0
+        return SparseInfo(a.format, tuple(a.shape), int(a.nnz), index, a.dtype, data_bytes + sum(i.nbytes for i in arrays), "cpu")
+
+    def result_dtype(self, a: Any, x: np.ndarray) -> np.dtype:
+        return np.result_type(a.dtype, x.dtype)
+
+    def check_dtype(self, dtype: np.dtype) -> None:
+        if dtype not in _DTYPES:
+            raise TypeError(f"batchmv multiplies scipy.sparse matrices in float32, float64, complex64 and complex128; the result would be {dtype}")
+
+    def is_complex(self, dtype: np.dtype) -> bool:
+        return dtype.kind == "c"
+
+    def astype(self, a: Any, dtype: np.dtype) -> Any:
+        return a.astype(dtype)
+
+    def conversion(self, a: Any) -> Optional[str]:
+        if a.format in _NATIVE:
+            return None
+        return f"scipy has no product for the {a.format} format: converted with A.tocsr() (a copy of A)"
+
+    def converted_format(self, a: Any) -> str:
+        return "csr"
+
+    def convert(self, a: Any) -> Any:
+        return a.tocsr()
+
+    def transposed_format(self, fmt: str) -> str:
+        return _TRANSPOSED[fmt]
+
+    def transpose_copy(self, a: Any) -> Optional[str]:
+        if a.format == "bsr":
+            return "scipy builds the transpose of a bsr matrix as a new bsr matrix (a copy of A)"
+        return None
+
+    def transpose(self, a: Any) -> Any:
+        return a.T  # csr <-> csc and coo: the same index and value arrays
+
+    def reads(self, xc: np.ndarray) -> bool:
+        # sparsetools takes X.ravel(): a view only for C order; aligned native data, or it copies
+        return bool(xc.flags.c_contiguous and xc.flags.aligned and xc.dtype.isnative)
+
+    def spmm(self, a: Any, xc: np.ndarray) -> np.ndarray:
+        return a @ xc
+
+    def parts(self, a: Any) -> Optional[Parts]:
+        if a.ndim != 2 or a.format not in _NATIVE:
+            return None
+        if a.format == "coo":
+            return Parts("coo", tuple(a.shape), (a.row, a.col, a.data), bool(a.has_canonical_format))
+        return Parts(a.format, tuple(a.shape), (a.indptr, a.indices, a.data))
+
+    def assemble(self, parts: Parts) -> tuple[Any, Optional[str]]:
+        first, second, data = parts.arrays
+        if parts.format == "coo":
+            built = sp.coo_array((data, (first, second)), shape=parts.shape)
+            built.has_canonical_format = parts.canonical  # (torch's coalesced tensors are sorted so)
+            shared = np.shares_memory(built.row, first) and np.shares_memory(built.col, second)
+        elif parts.format in _BUILD:
+            built = _BUILD[parts.format]((data, second, first), shape=parts.shape)
+            shared = np.shares_memory(built.indptr, first) and np.shares_memory(built.indices, second)
+        else:
+            raise TypeError(f"scipy.sparse has no {parts.format} format")
+        shared = shared and np.shares_memory(built.data, data)
+        return built, (None if shared else "scipy.sparse copied A's index or value arrays to build its matrix")
+
+
+def _index_arrays(a: Any) -> tuple[np.ndarray, ...]:
+    if a.format in ("csr", "csc", "bsr"):
+        return (a.indptr, a.indices)
+    if a.format == "coo":
+        return tuple(a.coords)
+    if a.format == "dia":
+        return (a.offsets,)
+    return ()
+
+
+KIT = ScipySparse

@@ -1,0 +1,140 @@
+"""torch sparse tensors as A (COO, CSR, CSC, BSR, BSC): the product is torch's
+sparse-times-strided ``mm`` on a 2-D view of x, any strides: ``torch.sparse.mm`` for COO
+(whose gradient w.r.t. A stays sparse), ``A @ X`` for the compressed layouts (their
+gradient is the dense one torch computes).  Autograd runs through both.
+
+The transpose of a CSR tensor is a CSC view of the same arrays (and BSR/BSC likewise);
+a COO transpose is a new, uncoalesced tensor (a copy).  torch has no CPU product for BSC:
+a BSC A (or the transpose of a BSR A) is converted to BSR, a reported copy.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._sparse_kit import Parts, SparseInfo, SparseKit
+
+_FORMATS = {
+    torch.sparse_coo: "coo", torch.sparse_csr: "csr", torch.sparse_csc: "csc",
+    torch.sparse_bsr: "bsr", torch.sparse_bsc: "bsc",
+}  # fmt: skip
+_TRANSPOSED = {"coo": "coo", "csr": "csc", "csc": "csr", "bsr": "bsr", "bsc": "bsr"}
+_DTYPES = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128})
+_BUILD = {"csr": torch.sparse_csr_tensor, "csc": torch.sparse_csc_tensor, "bsr": torch.sparse_bsr_tensor}
+
+
+def _arrays(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(compressed or row indices, plain or column indices, values), as stored."""
+    layout = a.layout
+    if layout == torch.sparse_coo:
+        indices = a._indices()
+        return indices[0], indices[1], a._values()
+    if layout in (torch.sparse_csr, torch.sparse_bsr):
+        return a.crow_indices(), a.col_indices(), a.values()
+    return a.ccol_indices(), a.row_indices(), a.values()
+
+
+class TorchSparse(SparseKit):
+    name = "torch"
+    engine = "torch"
+    assembles = True
+    kernel = "torch.sparse.mm / torch.matmul (one sparse-times-strided product)"
+
+    def is_sparse(self, a: torch.Tensor) -> bool:
+        return a.layout in _FORMATS
+
+    def info(self, a: torch.Tensor) -> SparseInfo:
+        if a.dim() != 2 or a.dense_dim() != 0:
+            raise ValueError(f"A must be a 2-D sparse tensor without dense dimensions; got shape {tuple(a.shape)}")
+        first, second, values = _arrays(a)
+        index_bytes = (first.numel() + second.numel()) * first.element_size()
+        fmt = _FORMATS[a.layout]
+        return SparseInfo(
+            fmt, (int(a.shape[0]), int(a.shape[1])), int(values.numel()), first.dtype,
+            a.dtype, values.numel() * values.element_size() + index_bytes, str(a.device),
+        )  # fmt: skip
+
+    def notes(self, info: SparseInfo) -> tuple[str, ...]:
+        if info.format in ("csr", "csc", "bsr"):
+            return ("torch computes the gradient w.r.t. a compressed sparse A as a dense (m, n) tensor",)
+        return ()
+
+    def result_dtype(self, a: torch.Tensor, x: torch.Tensor) -> torch.dtype:
+        return torch.promote_types(a.dtype, x.dtype)
+
+    def check_dtype(self, dtype: torch.dtype) -> None:
+        if dtype not in _DTYPES:
+            raise TypeError(f"batchmv multiplies torch sparse tensors in float32, float64, complex64 and complex128; the result would be {dtype}")
+
+    def is_complex(self, dtype: torch.dtype) -> bool:
+        return dtype.is_complex
+
+    def dtype_name(self, dtype: torch.dtype) -> str:
+        return str(dtype).removeprefix("torch.")
+
+    def astype(self, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return a.to(dtype)
+
+    def conversion(self, a: torch.Tensor) -> Optional[str]:
+        if a.layout == torch.sparse_bsc:
+            return "torch has no CPU product for a BSC tensor: converted to BSR (a copy of A)"
+        if a.layout == torch.sparse_coo and not a.is_coalesced():
+            return "an uncoalesced COO tensor is coalesced (a sorted copy of A's indices and values; torch's product would make it)"
+        return None
+
+    def converted_format(self, a: torch.Tensor) -> str:
+        return "bsr" if a.layout == torch.sparse_bsc else "coo (coalesced)"
+
+    def convert(self, a: torch.Tensor) -> torch.Tensor:
+        if a.layout == torch.sparse_bsc:
+            return a.to_sparse_bsr(a.values().shape[1:])
+        return a.coalesce()
+
+    def transposed_format(self, fmt: str) -> str:
+        return _TRANSPOSED[fmt.split(" ")[0]]
+
+    def transpose_copy(self, a: torch.Tensor) -> Optional[str]:
+        if a.layout == torch.sparse_coo:
+            return "the transpose of a COO tensor is a new one, coalesced again (a copy of A's indices and values)"
+        if a.layout == torch.sparse_bsr:
+            return "the transpose of a BSR tensor is BSC, which torch cannot multiply on the CPU: converted to BSR (a copy of A)"
+        return None
+
+    def transpose(self, a: torch.Tensor) -> torch.Tensor:
+        t = a.t()  # csr <-> csc, bsr <-> bsc: views of the same arrays
+        if t.layout == torch.sparse_coo:
+            return t.coalesce()
+        return t.to_sparse_bsr(t.values().shape[1:]) if t.layout == torch.sparse_bsc else t
+
+    def spmm(self, a: torch.Tensor, xc: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(a, xc) if a.layout == torch.sparse_coo else a @ xc
+
+    def tracks_graph(self, a: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and a.requires_grad
+
+    def parts(self, a: torch.Tensor) -> Optional[Parts]:
+        fmt = _FORMATS[a.layout]
+        if fmt == "bsc" or a.dim() != 2 or a.dense_dim() != 0:
+            return None
+        canonical = a.layout == torch.sparse_coo and a.is_coalesced()
+        return Parts(fmt, (int(a.shape[0]), int(a.shape[1])), _arrays(a), canonical)
+
+    def assemble(self, parts: Parts) -> tuple[torch.Tensor, Optional[str]]:
+        first, second, data = parts.arrays
+        if parts.format == "coo":
+            indices = torch.stack([first, second]).to(torch.int64)
+            built = torch.sparse_coo_tensor(indices, data, parts.shape, is_coalesced=parts.canonical, check_invariants=False)
+            return built, (
+                "torch's COO tensor keeps its row and column indices in one (2, nnz) int64 tensor: "
+                f"A's {str(first.dtype).removeprefix('torch.')} indices stacked into one (a copy of A's indices; values shared)"
+            )
+        if first.dtype != second.dtype:
+            raise TypeError(f"torch's {parts.format} tensors need one index dtype; A has {first.dtype} and {second.dtype}")
+        built = _BUILD[parts.format](first, second, data, parts.shape, check_invariants=False)  # (valid: the source checked them)
+        shared = all(p.data_ptr() == q.data_ptr() for p, q in zip(_arrays(built), parts.arrays) if p.numel())
+        return built, (None if shared else "torch copied A's index or value arrays to build its tensor")
+
+
+KIT = TorchSparse
