@@ -19,6 +19,7 @@ _BLAS_TYPES = frozenset("fdFD")
 _MATMUL_KINDS = frozenset("biufc")
 _matmul = np.matmul
 _dot = np.dot
+_DOT_ROWS = 64  #: most vectors a remembered GEMM gives numpy.dot (more: matmul)
 
 
 def _dot_reads(a: np.ndarray) -> bool:
@@ -143,8 +144,10 @@ class NumpyEngine(StridedEngine):
 
     def gemm_kernel(self, x2: np.ndarray, a: np.ndarray, trans: bool = True, conj: bool = False) -> Any:
         # numpy.dot calls BLAS with less work around it than matmul (a third of a tiny
-        # call), but copies any operand that is not one aligned C or F block: only then
-        if not conj and _dot_reads(x2) and _dot_reads(a) and x2.dtype == a.dtype:
+        # call), but copies any operand that is not one aligned C or F block: only then,
+        # and for a few vectors (with many, its GEMM ran up to 7 % slower than matmul's:
+        # benchmarks/README.md, "Tiny calls")
+        if not conj and x2.shape[0] <= _DOT_ROWS and _dot_reads(x2) and _dot_reads(a) and x2.dtype == a.dtype:
             return (lambda x2, a: _dot(x2, a.T)) if trans else _dot
         return super().gemm_kernel(x2, a, trans, conj)
 
