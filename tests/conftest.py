@@ -104,3 +104,22 @@ def _fresh_call_memory(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(_cache, "calls", _cache.Runners(_cache.MAX_CALLS))
     yield
+
+
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """``builds[0]``: the number of calls that went through the full checks
+    (``_call.build``) since the test began (no call remembered yet, ``BATCHMV_BACKEND``
+    read, as after a process's first call)."""
+    from batchmv import _call, _select
+
+    count = [0]
+    original = _call.build
+
+    def counting(*args: object, **kwargs: object) -> object:
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_call, "build", counting)
+    _select._environment()
+    return count

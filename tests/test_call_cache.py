@@ -10,23 +10,7 @@ import pytest
 
 import batchmv
 import support
-from batchmv import _cache, _call, _registry, _select
-
-
-@pytest.fixture
-def builds(monkeypatch):
-    """The number of calls that went through the full checks (``_call.build``)."""
-    count = [0]
-    original = _call.build
-
-    def counting(*args, **kwargs):
-        count[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(_call, "build", counting)
-    monkeypatch.setattr(_cache, "calls", _cache.Runners(_cache.MAX_CALLS))
-    _select._environment()  # BATCHMV_BACKEND read, as after a process's first call
-    return count
+from batchmv import _cache, _call, _registry
 
 
 def _check(y, a, x, axis=-1, dtype="float64"):

@@ -12,23 +12,9 @@ import pytest
 
 import batchmv
 import support
-from batchmv import _cache, _call, _registry, _skinny
+from batchmv import _registry, _skinny
 
 STRIDED = [p for p in support.lib_params() if p.values[0] in ("numpy", "torch")]
-
-
-@pytest.fixture
-def builds(monkeypatch):
-    """The number of calls that went through the full checks (``_call.build``)."""
-    count = [0]
-    original = _call.build
-
-    def counting(*args, **kwargs):
-        count[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(_call, "build", counting)
-    return count
 
 
 def _check(y, a, x, axis=-1, op="N", dtype="float64"):
