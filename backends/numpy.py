@@ -24,9 +24,14 @@ _DOT_ROWS = 64  #: most vectors a remembered GEMM gives numpy.dot (more: matmul)
 
 def _dot_reads(a: np.ndarray) -> bool:
     """Whether ``numpy.dot`` hands ``a`` to BLAS as it is: a BLAS dtype in one aligned C-
-    or F-ordered block (it copies anything else, where matmul reads any BLAS strides)."""
+    or F-ordered block, no stride negative (it copies anything else, where matmul reads
+    any BLAS strides; the flags ignore the stride of an axis of length 1, numpy.dot does
+    not)."""
     flags = a.flags
-    return a.dtype.char in _BLAS_TYPES and flags.aligned and (flags.c_contiguous or flags.f_contiguous)
+    return (
+        a.dtype.char in _BLAS_TYPES and flags.aligned and (flags.c_contiguous or flags.f_contiguous)
+        and min(a.strides, default=0) >= 0
+    )  # fmt: skip
 
 
 def _meaning_lost(a: np.ndarray) -> Optional[str]:

@@ -160,9 +160,9 @@ def build(
     # one vector, nothing else copied, cast or conjugated, a new y: the library's
     # matrix-vector product on A and x as they are (it reads a vector of any stride)
     gemv = (
-        len(y_shape) == 1 and engine is home and out is None and not conj and not copies
-        and not (sched.a_copy or x_cast) and engine.gemv_kernel(a_e, x_e, op != "N") is not None
-    )  # fmt: skip
+        len(y_shape) == 1 and engine is home and out is None and not conj and not engine.plain(a_e)[1]
+        and not copies and not (sched.a_copy or x_cast) and engine.gemv_kernel(a_e, x_e, op in ("T", "H")) is not None
+    )  # fmt: skip  (no conjugate at all: neither op's on a complex A nor torch's lazy bit of A)
     if gemv:
         sched = sched._replace(x_copy=None)
     copies[:0] = [c for c in (sched.a_copy, sched.x_copy) if c]

@@ -37,7 +37,7 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     if sched is None:
         return _skinny.expression_for(call) or eng.expression_runner(axis, op)
     if call.kernel == "gemv":  # one vector: the library's matrix-vector product on A and x
-        return eng.gemv_kernel(call.a, call.x, op != "N")
+        return eng.gemv_kernel(call.a, call.x, op in ("T", "H"))
     if sched.loop_shape or sched.zero_axes:
         return None
     perm, view_shape, split_shape = sched.perm, sched.view_shape, sched.split_shape

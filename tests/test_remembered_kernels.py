@@ -17,9 +17,11 @@ from batchmv import _registry, _skinny
 STRIDED = [p for p in support.lib_params() if p.values[0] in ("numpy", "torch")]
 
 
-def _check(y, a, x, axis=-1, op="N", dtype="float64"):
-    m = support.to_numpy(a)
-    m = m if op == "N" else m.T if op == "T" else m.conj().T
+def _check(y, a, x, axis=-1, op="N", dtype="float64", matrix=None):
+    """``y`` against the float64 reference of op(A) x (``matrix``: A's values, where
+    ``a`` is a lazy view that support.to_numpy would not read as its values)."""
+    m = support.to_numpy(a) if matrix is None else matrix
+    m = {"N": m, "T": m.T, "H": m.conj().T, "C": m.conj()}[op]
     support.assert_matvec_close(y, support.reference(m, x, axis), support.magnitude(m, x, axis), m.shape[1], dtype)
 
 
@@ -61,6 +63,30 @@ def test_one_vector_runs_the_librarys_gemv_on_a_and_x(rng, lib, layout, op, monk
 
 
 @pytest.mark.parametrize("lib", STRIDED)
+@pytest.mark.parametrize("dtype", ("float64", "complex128"))
+@pytest.mark.parametrize("op", ("N", "T", "H", "C"))
+@pytest.mark.parametrize("lazy", (False, True), ids=("plain", "lazy-conj"))
+def test_one_vector_every_op_and_conjugate(rng, lib, dtype, op, lazy):
+    """A review found op "C" run as a transpose and torch's lazy conjugate bit ignored on
+    one vector: every op, with and without the bit, against the reference."""
+    if lazy and (lib != "torch" or dtype != "complex128"):
+        pytest.skip("torch's lazy conjugate bit (complex tensors)")
+    values = support.random_values(rng, (5, 4), dtype)
+    a = support.to_lib(values, lib)
+    if lazy:
+        a, values = a.conj(), values.conj()  # a view with the bit; its values
+    x = support.to_lib(support.random_values(rng, (5 if op in ("T", "H") else 4,), dtype), lib)
+    for _ in range(2 if op != "C" else 0):  # built, then remembered (op "C": operators only)
+        _check(batchmv.matvec(a, x, op=op), a, x, op=op, dtype=dtype, matrix=values)
+    op_a = batchmv.prepare(a)
+    y = support.to_lib(support.random_values(rng, (4,), dtype), lib)
+    for _ in range(2):
+        _check(op_a.T.H(y), a, y, op="C", dtype=dtype, matrix=values)
+        _check(op_a.T.rmatvec(y), a, y, op="C", dtype=dtype, matrix=values)
+        _check(op_a.H.T(y), a, y, op="C", dtype=dtype, matrix=values)
+
+
+@pytest.mark.parametrize("lib", STRIDED)
 def test_one_vector_with_out_or_a_conjugate_runs_a_gemm(rng, lib):
     a = support.to_lib(support.random_values(rng, (6, 5), "complex128"), lib)
     x = support.to_lib(support.random_values(rng, (5,), "complex128"), lib)
@@ -85,6 +111,15 @@ def test_numpy_runs_dot_only_where_dot_reads_in_place(rng):
     batchmv.matvec(c, x)
     assert _peak(lambda: batchmv.matvec(c, x)) < c.nbytes // 8
     _check(batchmv.matvec(a, x), a, x, dtype="float32")
+    # one row whose (ignored) stride is negative: C-contiguous by numpy's flags, yet numpy.dot
+    # copies it (a review finding); matmul reads it in place
+    wide = rng.standard_normal((16, 200_000), dtype=np.float32)
+    row = rng.standard_normal((4, 200_000), dtype=np.float32)[::-1][:1]
+    assert row.flags.c_contiguous and row.strides[0] < 0
+    assert _peak(lambda: np.dot(row, wide.T)) >= row.nbytes  # positive control
+    batchmv.matvec(wide, row, copy=False)
+    assert _peak(lambda: batchmv.matvec(wide, row, copy=False)) < row.nbytes // 8
+    _check(batchmv.matvec(wide, row), wide, row, dtype="float32")
 
 
 def _unaligned(shape, dtype="float64") -> np.ndarray:
@@ -107,8 +142,9 @@ def test_unaligned_numpy_operands_are_copies_the_plan_reports(rng):
     _check(batchmv.matvec(a, x), a, x)
     aligned = a.copy()
     assert batchmv.plan(aligned, x).copies == ()  # the same values, aligned: no copy
-    batchmv.matvec(aligned, x)
-    assert any("aligned" in c for c in batchmv.plan(a, x).copies)  # not the remembered call's
+    batchmv.matvec(aligned, x, copy=False)  # remembered: the same shape, strides and dtype
+    with pytest.raises(batchmv.CopyRequiredError, match="aligned"):  # not the aligned call's run
+        batchmv.matvec(a, x, copy=False)
 
 
 def test_an_unaligned_out_is_written_from_a_reported_temporary(rng):
@@ -139,6 +175,8 @@ def test_a_remembered_run_that_raises_is_repeated_through_the_checks(rng, builds
 
 
 def test_torch_devices_are_checked_on_remembered_calls(rng):
+    """torch's key holds the device, because F.linear takes a "meta" x with a CPU A (the
+    control below): a remembered call never reaches a tensor of another device."""
     support.need("torch")
     import torch
 
@@ -224,7 +262,9 @@ def test_torch_calls_built_under_vmap_are_not_remembered(rng, builds):
     batchmv.matvec(a, xs[0])
     assert builds[0] == before + 1  # the plain call was built: nothing remembered from vmap
     assert batchmv.plan(a, xs[0]).kernel == "gemm"
-    _check(torch.func.vmap(lambda v: batchmv.matvec(a, v))(xs), a, xs)  # a remembered run under vmap
+    after = builds[0]
+    _check(torch.func.vmap(lambda v: batchmv.matvec(a, v))(xs), a, xs)  # the remembered run, under vmap
+    assert builds[0] == after
 
 
 @pytest.mark.parametrize("stride", ["negative", "zero", "3"])
