@@ -3,12 +3,14 @@ again, ``"fastest"`` against each engine alone, and the targets, with a progress
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from . import approaches, grid, isolation, machine, overhead, roofline, skinny, sparse, targets
@@ -32,52 +34,36 @@ def _run(config: Config, jax_before: bool, cpus: int) -> dict[str, Any]:
     if "numpy" not in libs:
         raise RuntimeError("batchmv bench needs numpy")
     import batchmv
-    from threadpoolctl import threadpool_limits
 
-    torch = libs.get("torch")
-    jax = libs.get("jax")
-    x64_before = None
-    if jax is not None and "float64" in config.dtypes:
-        x64_before = bool(jax.config.jax_enable_x64)
-        jax.config.update("jax_enable_x64", True)
-    torch_threads = torch.get_num_threads() if torch is not None else None
-    found = approaches.available(libs, batchmv, config.cross)
-    timed = [a for a in found if config.only is None or any(text in a.name.lower() for text in config.only)]
     started = time.time()
-    try:
-        with threadpool_limits(limits=config.threads):
-            if torch is not None:
-                torch.set_num_threads(config.threads)
-            about = machine.describe(libs, config, cpus)
-            if jax_before and "jax" in libs:
-                about["threads_note"] += " (jax was imported before the run: its threads may use every CPU)"
-            points = grid.points(config) if config.main else []
-            alone = config.main and config.cross and any("fastest" in a.name for a in timed)
-            total = 2 * (2 + 2 * len(libs) * len(config.dtypes)) + sum(
-                len([a for a in timed if a.runs_at(d, lay, b, config.all_peers)]) for (_, _, b, d, lay) in points
-            ) + (isolation.children(config) if alone else 0) + skinny.count(config, found)
-            bar = _progress(total, config.progress)
-            tick = functools.partial(_tick, bar)
-            try:
-                start = roofline.measure(libs, config, tick)
-                results = grid.run(libs, batchmv, config, timed, points, start, tick) if points else []
-                if config.skinny:
-                    results += skinny.run(libs, batchmv, config, found, start, tick, grid.run)
-                tick("overhead at m = n = 16")
-                tiny = overhead.measure(libs, batchmv, config) if config.main else []
-                # the roofline again: on a shared machine the first one may have met a busy moment
-                roof = roofline.merge(start, roofline.measure(libs, config, tick))
-                roofline.annotate(results, roof)
-                fastest = isolation.run(config, tick) if alone else []
-            finally:
-                if bar is not None:
-                    bar.close()
-            about["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    finally:
-        if torch is not None:
-            torch.set_num_threads(torch_threads)
-        if x64_before is not None:
-            jax.config.update("jax_enable_x64", x64_before)
+    with _pools(libs, config.threads, x64="float64" in config.dtypes):
+        found = approaches.available(libs, batchmv, config.cross)
+        timed = [a for a in found if config.only is None or any(text in a.name.lower() for text in config.only)]
+        about = machine.describe(libs, config, cpus)
+        if jax_before and "jax" in libs:
+            about["threads_note"] += " (jax was imported before the run: its threads may use every CPU)"
+        points = grid.points(config) if config.main else []
+        alone = config.main and config.cross and any("fastest" in a.name for a in timed)
+        total = 2 * (2 + 2 * len(libs) * len(config.dtypes)) + sum(
+            len([a for a in timed if a.runs_at(d, lay, b, config.all_peers)]) for (_, _, b, d, lay) in points
+        ) + (isolation.children(config) if alone else 0) + skinny.count(config, found)
+        bar = _progress(total, config.progress)
+        tick = functools.partial(_tick, bar)
+        try:
+            start = roofline.measure(libs, config, tick)
+            results = grid.run(libs, batchmv, config, timed, points, start, tick) if points else []
+            if config.skinny:
+                results += skinny.run(libs, batchmv, config, found, start, tick, grid.run)
+            tick("overhead at m = n = 16")
+            tiny = overhead.measure(libs, batchmv, config) if config.main else []
+            # the roofline again: on a shared machine the first one may have met a busy moment
+            roof = roofline.merge(start, roofline.measure(libs, config, tick))
+            roofline.annotate(results, roof)
+            fastest = isolation.run(config, tick) if alone else []
+        finally:
+            if bar is not None:
+                bar.close()
+        about["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report = {
         "format": "batchmv-bench/1",
         "machine": about,
@@ -102,18 +88,10 @@ def run_sparse(config: Config) -> dict[str, Any]:
     pinned = machine.pin(config.threads)
     libs = machine.import_libraries()
     import batchmv
-    from threadpoolctl import threadpool_limits
 
-    torch, jax = libs.get("torch"), libs.get("jax")
-    torch_threads = torch.get_num_threads() if torch is not None else None
-    x64_before = bool(jax.config.jax_enable_x64) if jax is not None else None
     started = time.time()
     try:
-        with threadpool_limits(limits=config.threads):
-            if torch is not None:
-                torch.set_num_threads(config.threads)
-            if jax is not None:
-                jax.config.update("jax_enable_x64", True)
+        with _pools(libs, config.threads, x64=True):
             about = machine.describe(libs, config, cpus)
             densities, batches, _ = sparse.points(config.quick)
             bar = _progress(len(densities) * len(batches) * len(libs), config.progress)
@@ -124,16 +102,35 @@ def run_sparse(config: Config) -> dict[str, Any]:
                     bar.close()
             about["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     finally:
-        if torch is not None:
-            torch.set_num_threads(torch_threads)
-        if jax is not None:
-            jax.config.update("jax_enable_x64", x64_before)
         if pinned is not None:
             os.sched_setaffinity(0, pinned)
     return {
         "format": "batchmv-bench/1", "section": "sparse", "machine": about, "config": dataclasses.asdict(config),
         "results": rows, "seconds": round(time.time() - started, 1), "targets": [sparse.check(rows)],
     }  # fmt: skip
+
+
+@contextlib.contextmanager
+def _pools(libs: dict[str, Any], threads: int, x64: bool) -> Iterator[None]:
+    """Every library's threads set to ``threads`` (BLAS through threadpoolctl, torch's own
+    setting) and, with ``x64``, jax's 64-bit types switched on; all as they were after."""
+    from threadpoolctl import threadpool_limits
+
+    torch, jax = libs.get("torch"), libs.get("jax")
+    torch_threads = torch.get_num_threads() if torch is not None else None
+    x64_before = bool(jax.config.jax_enable_x64) if jax is not None and x64 else None
+    try:
+        if x64_before is not None:
+            jax.config.update("jax_enable_x64", True)
+        with threadpool_limits(limits=threads):
+            if torch is not None:
+                torch.set_num_threads(threads)
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(torch_threads)
+        if x64_before is not None:
+            jax.config.update("jax_enable_x64", x64_before)
 
 
 class _Counter:
