@@ -137,7 +137,9 @@ class TorchEngine(StridedEngine):
             return None
 
     def layout_keys(self, a: Any, x: Any) -> Optional[tuple]:
-        if _compiling():  # (one check for both: a repeated call's every read counts)
+        # layout_key's tuple for each, read inline: one compiler check and no call per
+        # array (0.1 us of a repeated torch matvec's 2.6 us of overhead, measured)
+        if _compiling():
             return None
         try:
             if a.layout is not _STRIDED or x.layout is not _STRIDED:
