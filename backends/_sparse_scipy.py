@@ -11,10 +11,16 @@ itself does; batchmv reports that copy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Optional
 
 import numpy as np
 import scipy.sparse as sp
+
+try:  # the kernels of scipy.sparse's products (a private module: without it, A @ X)
+    from scipy.sparse import _sparsetools
+except ImportError:  # pragma: no cover - every scipy this supports has it
+    _sparsetools = None
 
 from .._sparse_kit import Parts, SparseInfo, SparseKit
 
@@ -83,6 +89,47 @@ class ScipySparse(SparseKit):
     def spmm(self, a: Any, xc: np.ndarray) -> np.ndarray:
         return a @ xc
 
+    def layout_key(self, a: Any) -> Optional[tuple]:
+        fmt = a.format
+        if fmt in ("csr", "csc"):
+            return (a.shape, a.indptr.dtype, a.indices.dtype, a.data.dtype)
+        if fmt == "coo":
+            return (a.shape, a.row.dtype, a.col.dtype, a.data.dtype)
+        if fmt == "bsr":
+            return (a.shape, a.indptr.dtype, a.indices.dtype, a.data.dtype, a.data.shape[1:])
+        return None  # (dia, lil, dok: converted by every call)
+
+    def product(self, call: Any) -> Callable[[Any, np.ndarray], np.ndarray]:
+        """The sparsetools kernel that ``A @ X`` ends in (``*_matvecs``, ``coo_matmat_dense``),
+        called directly: the same loop on A's arrays without the Python that scipy runs
+        around it, most of a call on few vectors (benchmarks/README.md, "Sparse A").  The
+        transpose of a csr or csc A is the other format's kernel on the same arrays, of a
+        coo A its row and column swapped.  Index arrays of two dtypes, or values of
+        another dtype than the result, take scipy's ``A @ X``, which casts them."""
+        kernel = _kernel(call, "matvecs")
+        if kernel is None:
+            return super().product(call)
+        m, k, dtype = call.y_shape[call.axis], call.columns, call.dtype
+
+        def product(a: Any, xc: np.ndarray) -> np.ndarray:
+            y = np.zeros((m, k), dtype)
+            kernel(a, k, xc.reshape(-1), y.reshape(-1))
+            return y
+        return product
+
+    def vector_product(self, call: Any) -> Optional[Callable[[Any, np.ndarray], np.ndarray]]:
+        """``*_matvec``, the sparsetools kernel of ``A @ v``, called directly (see :meth:`product`)."""
+        kernel = _kernel(call, "matvec")
+        if kernel is None:
+            return None
+        m, dtype = call.y_shape[call.axis], call.dtype
+
+        def product(a: Any, v: np.ndarray) -> np.ndarray:
+            y = np.zeros(m, dtype)
+            kernel(a, 1, v, y)
+            return y
+        return product
+
     def parts(self, a: Any) -> Optional[Parts]:
         if a.ndim != 2 or a.format not in _NATIVE:
             return None
@@ -103,6 +150,38 @@ class ScipySparse(SparseKit):
             raise TypeError(f"scipy.sparse has no {parts.format} format")
         shared = shared and np.shares_memory(built.data, data)
         return built, (None if shared else "scipy.sparse copied A's index or value arrays to build its matrix")
+
+
+def _kernel(call: Any, kind: str) -> Optional[Callable[[Any, int, np.ndarray, np.ndarray], None]]:
+    """``f(a, k, x, y)``: ``y += op(A) @ x`` by scipy's sparsetools kernel of ``kind``
+    ("matvec": one vector; "matvecs": k of them, x and y C-ordered (n, k) and (m, k) arrays
+    given flat) on A's arrays as they are at each call, for the call's format and op; None
+    where scipy's own product must cast (index arrays of two dtypes, values of another
+    dtype than the result) or where there is no such kernel."""
+    a, (rows, cols) = call.a, call.info.shape
+    fmt, transpose = call.info.format, call.op in ("T", "H")
+    if _sparsetools is None or a.data.dtype != call.dtype or len({i.dtype for i in _index_arrays(a)}) != 1:
+        return None
+    one = kind == "matvec"
+    if fmt == "coo":
+        first, second = ("col", "row") if transpose else ("row", "col")
+        if one:
+            return lambda a, k, x, y: _sparsetools.coo_matvec(a.nnz, getattr(a, first), getattr(a, second), a.data, x, y)
+        return lambda a, k, x, y: _sparsetools.coo_matmat_dense(a.nnz, k, getattr(a, first), getattr(a, second), a.data, x, y)
+    if fmt == "bsr":
+        if transpose:
+            return None
+        r, c = a.data.shape[1:]
+        blocks = (rows // r, cols // c)
+        if one:
+            return lambda a, k, x, y: _sparsetools.bsr_matvec(*blocks, r, c, a.indptr, a.indices, a.data.reshape(-1), x, y)
+        return lambda a, k, x, y: _sparsetools.bsr_matvecs(*blocks, k, r, c, a.indptr, a.indices, a.data.reshape(-1), x, y)
+    # csr or csc; A^T is the other format on the same arrays, of shape (cols, rows)
+    fn = getattr(_sparsetools, f"{_TRANSPOSED[fmt] if transpose else fmt}_{kind}")
+    shape = (cols, rows) if transpose else (rows, cols)
+    if one:
+        return lambda a, k, x, y: fn(*shape, a.indptr, a.indices, a.data, x, y)
+    return lambda a, k, x, y: fn(*shape, k, a.indptr, a.indices, a.data, x, y)
 
 
 def _index_arrays(a: Any) -> tuple[np.ndarray, ...]:

@@ -10,7 +10,8 @@ a BSC A (or the transpose of a BSR A) is converted to BSR, a reported copy.
 
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 
@@ -21,6 +22,7 @@ _FORMATS = {
     torch.sparse_bsr: "bsr", torch.sparse_bsc: "bsc",
 }  # fmt: skip
 _TRANSPOSED = {"coo": "coo", "csr": "csc", "csc": "csr", "bsr": "bsr", "bsc": "bsr"}
+_compiling = torch.compiler.is_compiling
 _DTYPES = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128})
 _BUILD = {"csr": torch.sparse_csr_tensor, "csc": torch.sparse_csc_tensor, "bsr": torch.sparse_bsr_tensor}
 
@@ -113,6 +115,34 @@ class TorchSparse(SparseKit):
 
     def tracks_graph(self, a: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and a.requires_grad
+
+    def layout_key(self, a: torch.Tensor) -> Optional[tuple]:
+        if _compiling():
+            return None
+        layout = a.layout
+        if layout is torch.sparse_coo:  # (only COO can hold dense dimensions in a 2-D tensor)
+            return (layout, a.shape, a.dtype, a.device, a.dense_dim(), a.is_coalesced())
+        return (layout, a.shape, a.dtype, a.device) if layout in _FORMATS else None
+
+    def layout_keys(self, a: torch.Tensor, x: torch.Tensor, engine: Any) -> Optional[tuple]:
+        # the torch engine's layout_key of x, read inline (one compiler check, no call)
+        layout_a = self.layout_key(a)
+        if layout_a is None or x.layout is not torch.strided:
+            return None
+        try:
+            return (layout_a, (x.shape, x.stride(), x.dtype, x.device, x.is_conj(), x.is_neg()))
+        except RuntimeError:  # no strides (nested tensors)
+            return None
+
+    def vector_product(self, call: Any) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """``torch.mv`` for a CSR or BSR product (a CSC A's transpose is a CSR view): about
+        half the time of the matrix product on one column (benchmarks/README.md, "Sparse
+        A"); autograd runs through it."""
+        transpose = call.op in ("T", "H")
+        fmt = _TRANSPOSED[call.info.format] if transpose else call.info.format
+        if fmt not in ("csr", "bsr"):
+            return None
+        return (lambda a, v: torch.mv(a.t(), v)) if transpose else torch.mv
 
     def parts(self, a: torch.Tensor) -> Optional[Parts]:
         fmt = _FORMATS[a.layout]

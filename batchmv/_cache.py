@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import _call, _registry, _run, _select
+from . import _registry, _run, _select, _sparse, _sparse_kits
 
 #: Calls ``matvec`` remembers, at most; beyond, the memory starts over (a program with that
 #: many kinds of call gains little from it).
@@ -42,11 +42,14 @@ class Runners:
         that ``run``: when it is a call to remember and it computes on ``a`` and ``x``
         themselves (not on conversions of them, such as the plain ndarray numpy makes of a
         subclass).  None otherwise."""
-        if not isinstance(call, _call.Call) or call.a is not a or call.x is not x:
+        if call.a is not a or call.x is not x:
             return None
-        if call.schedule is None and call.engine.strided:  # built under a transform (vmap)
+        if isinstance(call, _sparse.SparseCall):
+            run = _sparse.runner(call)
+        elif call.schedule is None and call.engine.strided:  # built under a transform (vmap)
             return None
-        run = _run.runner(call)
+        else:
+            run = _run.runner(call)
         if run is None:
             return None
         if len(self._runs) >= self.limit:
@@ -64,11 +67,23 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any, op: Any = "N") -> tu
     ``out``), or None when the call is not one to remember."""
     kind_a, kind_x = type(a), type(x)
     engine = _registry.engine_of_types(kind_a, kind_x)
-    if engine is None or type(axis) is not int or not (copy is None or copy is False) or type(op) is not str:
+    if type(axis) is not int or not (copy is None or copy is False) or type(op) is not str:
         return None  # (values equal to 0 or False that are not False: the checks refuse them)
     if backend is not None and type(backend) is not str:
         return None  # (so that every key can be hashed: the checks say what is wrong)
-    layouts = engine.layout_keys(a, x)
+    layouts = engine.layout_keys(a, x) if engine is not None else None
     if layouts is None:
-        return None
+        layouts = sparse_layouts(a, x)
+        if layouts is None:
+            return None
     return (kind_a, kind_x, layouts, axis, backend, copy, op, _select.settings(backend))
+
+
+def sparse_layouts(a: Any, x: Any) -> tuple | None:
+    """(the layout key of a sparse A, that of x) when A is a sparse matrix of a library
+    whose kit keys it and x an array of that kit's engine; else None."""
+    name = _sparse_kits.library_of_pair(type(a), type(x))
+    if name is None:
+        return None
+    kit = _sparse_kits.get(name)
+    return kit.layout_keys(a, x, _registry.get_engine(kit.engine))

@@ -146,9 +146,10 @@ class MatVec(_linop.LinearOperatorMixin):
 
 class SparseMatVec(MatVec):
     """:class:`MatVec` for a sparse A (scipy.sparse, torch sparse, jax BCOO/BCSR): the same
-    operator API, each call one sparse-times-dense product (:mod:`batchmv._sparse`), checked
-    every time (the remembered kernels are those of dense calls).  A is shared with the
-    engine once, here: another library's engine gets A's index and value arrays."""
+    operator API, each call one sparse-times-dense product (:mod:`batchmv._sparse`).  A call
+    is remembered under the layouts of A (its kit's ``layout_key``: a sparse A can change in
+    place) and x, as ``matvec`` remembers.  A is shared with the engine once, here: another
+    library's engine gets A's index and value arrays."""
 
     def __init__(self, A: Any, kit: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> None:
         check_copy(copy)
@@ -163,10 +164,23 @@ class SparseMatVec(MatVec):
 
     def __call__(self, x: Any, *, axis: int = -1, out: Any = None) -> Any:
         """``matvec(A, x, axis=axis, out=out, op=self.op)`` on the prepared engine."""
+        shared, key = self._shared, None
+        if out is None and type(axis) is int:
+            layouts = _cache.sparse_layouts(shared, x)  # (A's too: a sparse A changes in place)
+            if layouts is not None:
+                key = (type(x), layouts, axis)
+                run = self._remembered(key)
+                if run is not None:
+                    try:
+                        return run(shared, x)
+                    except Exception:  # noqa: BLE001 - what the key leaves out (devices): the checks say
+                        pass
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
-            return adapter.matvec(self._shared, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
-        return _run.execute(self._build(x, axis, out))
+            return adapter.matvec(shared, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
+        call = self._build(x, axis, out)
+        run = self._runners.remember(key, call, shared, x) if key is not None else None
+        return run(shared, x) if run is not None else _run.execute(call)
 
     def plan(self, x: Any, *, axis: int = -1, out: Any = None) -> Plan:
         """What ``self(x, axis=axis, out=out)`` does, computing nothing."""

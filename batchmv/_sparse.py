@@ -18,6 +18,7 @@ does what is library-specific; here are the rules:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple, Optional
 
 from . import _arrays, _registry, _select, _sparse_kits
@@ -55,6 +56,11 @@ class SparseCall(NamedTuple):
     def report(self) -> Plan:
         """The plan of this call (:func:`batchmv._plan.describe` asks for it)."""
         return describe(self)
+
+    @property
+    def columns(self) -> int:
+        """k: the number of vectors in x, the columns of the product's (n, k) view of x."""
+        return _batch(self.engine.shape(self.x), self.axis)
 
 
 def home_of(kit: Any, x: Any) -> str:
@@ -252,6 +258,60 @@ def execute(call: SparseCall) -> Any:
         return y
     call.home.assign(call.out, y)
     return call.out
+
+
+def runner(call: SparseCall) -> Optional[Callable[[Any, Any], Any]]:
+    """``run(A, x)``, which repeats ``call`` on any A and x whose layouts have the same keys
+    (the kit's ``layout_key`` of A, the engine's of x): for a call on the engine of its home
+    library, without ``out``, that converts nothing of A (its transpose a view).  x's
+    copies and temporaries are made again by each run, as :func:`execute` makes them.  None
+    for any other call."""
+    kit, eng, a = call.kit, call.engine, call.a
+    if eng is not call.home or call.out is not None or "convert" in call.steps or "cast" in call.steps:
+        return None
+    if "transpose" in call.steps and kit.transpose_copy(a) is not None:
+        return None
+    if not kit.strided:
+        return kit.expression_runner(call)
+    dtype, conj, copy_x = call.dtype, call.conj, call.xc is None
+    shape, ax = eng.shape(call.x), call.axis
+    vector = kit.vector_product(call) if call.columns == 1 and not (conj or copy_x) else None
+    if vector is not None:  # one vector: x and y are viewed as 1-D whatever their shapes
+        n, y_shape = (shape[ax],), call.y_shape
+        view_v, view_y = shape != n, len(y_shape) != 1
+        if not view_y:
+            return (lambda a, x: vector(a, eng.view(x, n))) if view_v else vector
+        if not view_v:
+            return lambda a, x: eng.view(vector(a, x), y_shape)
+        return lambda a, x: eng.view(vector(a, eng.view(x, n)), y_shape)
+    product = kit.product(call)
+    perm = (ax, *(i for i in range(len(shape)) if i != ax))
+    permute = perm != tuple(range(len(shape)))
+    nk = (shape[ax], call.columns)
+    view_x = tuple(shape[i] for i in perm) != nk
+    y_moved = (call.y_shape[ax], *(shape[i] for i in perm[1:]))
+    view_y = y_moved != (call.y_shape[ax], nk[1])
+    unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute else None
+    if not (permute or view_x or copy_x or conj or view_y):
+        return product  # x is the product's (n, k) view and its result is y
+
+    def run(a: Any, x: Any) -> Any:
+        xc = eng.permute(x, perm) if permute else x
+        if copy_x:
+            xc = eng.c_order_copy(xc, dtype)
+        if view_x:
+            xc = eng.view(xc, nk)
+        if conj:
+            tracked = eng.tracks_graph(x) or kit.tracks_graph(a)
+            xc = eng.conj_inplace(xc, tracked) if copy_x else eng.conj_copy(xc)
+        y = product(a, xc)
+        if conj:
+            y = eng.conj_inplace(y, tracked)
+        if view_y:
+            y = eng.view(y, y_moved)
+        return eng.permute(y, unperm) if permute else y
+
+    return run
 
 
 def describe(call: SparseCall) -> Plan:

@@ -4,7 +4,7 @@ engine (``batchmv.backends._sparse_<library>``); :mod:`batchmv._sparse` uses the
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 
 class SparseInfo(NamedTuple):
@@ -111,6 +111,41 @@ class SparseKit:
     def tracks_graph(self, a: Any) -> bool:
         """Whether A's values are part of an autograd graph."""
         return False
+
+    # -- remembered calls (batchmv._cache) -------------------------------------------------
+    def layout_key(self, a: Any) -> Optional[tuple]:
+        """What a repeated product on A depends on besides its values (shape, the dtypes
+        of its values and indices, format flags; the type is keyed apart), hashable; None
+        when calls on A are not remembered (tracers, arrays under a compiler)."""
+        return None
+
+    def layout_keys(self, a: Any, x: Any, engine: Any) -> Optional[tuple]:
+        """(:meth:`layout_key` of A, ``engine.layout_key`` of x), x an array of this kit's
+        engine; None when either is None."""
+        layout_a = self.layout_key(a)
+        if layout_a is None:
+            return None
+        layout_x = engine.layout_key(x)
+        return None if layout_x is None else (layout_a, layout_x)
+
+    def product(self, call: Any) -> Callable[[Any, Any], Any]:
+        """Strided kits: ``f(a, xc)``, the product of a remembered call
+        (:class:`batchmv._sparse.SparseCall` without conversions of A): ``op(A) @ xc`` for
+        op "N" ("T" and "H": A^T, a view of A's arrays), on A's arrays as they are at each
+        call.  By default the steps :func:`batchmv._sparse.execute` takes."""
+        if call.op in ("T", "H"):
+            return lambda a, xc: self.spmm(self.transpose(a), xc)
+        return self.spmm
+
+    def vector_product(self, call: Any) -> Optional[Callable[[Any, Any], Any]]:
+        """Strided kits, a call on one vector without conjugation: ``f(a, v)``, ``op(A) @ v``
+        for a 1-D v of length n, a new 1-D array, by the library's sparse matrix-vector
+        kernel; None where the library has none faster than :meth:`product`."""
+        return None
+
+    def expression_runner(self, call: Any) -> Callable[[Any, Any], Any]:
+        """Kits that are not strided: ``f(a, x)``, the whole result of a remembered call."""
+        return lambda a, x: self.expression(a, x, call.axis, call.op)
 
     # -- crossing libraries ---------------------------------------------------------------
     def parts(self, a: Any) -> Optional[Parts]:

@@ -43,6 +43,25 @@ def library_of_type(kind: type) -> str | None:
     return name
 
 
+_sparse_of_pair: dict[tuple[type, type], str | None] = {}
+
+
+@_registry.constant_when_traced
+def library_of_pair(kind_a: type, kind_x: type) -> str | None:
+    """Name of the library one of whose sparse types ``kind_a`` is, when ``kind_x`` is the
+    array type of that library's kit's engine (a sparse A with x in its own library); else
+    None.  Cached, as :func:`library_of_type`."""
+    try:
+        return _sparse_of_pair[kind_a, kind_x]
+    except KeyError:
+        pass
+    name = library_of_type(kind_a)
+    if name is not None and _registry.library_of_type(kind_x) != _registry.SPARSE[name].engine:
+        name = None
+    _sparse_of_pair.setdefault((kind_a, kind_x), name)
+    return name
+
+
 def kit_of(obj: Any) -> Any:
     """The kit of the library whose sparse matrix ``obj`` is, or None for anything else
     (dense arrays included); imports nothing that is not imported already."""

@@ -212,9 +212,9 @@ def test_a_torch_a_that_requires_grad_stays_in_torch(rng):
         assert batchmv.matvec(S, torch.ones(N, dtype=torch.float64)).requires_grad
 
 
-def test_sparse_calls_are_never_remembered(rng):
-    """The call cache runs remembered dense kernels; a sparse A (whose torch signature has
-    a sparse layout) always takes the checked path, and new values give new results."""
+def test_sparse_calls_are_remembered_per_layout(rng):
+    """A sparse A is remembered by its layout (format, shape, dtype), never by its values:
+    new tensors of the same layout take the remembered kernel and give their own results."""
     import torch
 
     from batchmv import _cache
@@ -226,9 +226,9 @@ def test_sparse_calls_are_never_remembered(rng):
         for fmt in ("coo", "csr"):
             y = batchmv.matvec(to_torch(values, fmt), x)
             support.assert_matvec_close(y, support.reference(values, x, -1), support.magnitude(values, x, -1), N, "float64")
-    assert len(_cache.calls) == before
-    batchmv.matvec(torch.from_numpy(values), x)  # positive control: a dense call is remembered
-    assert len(_cache.calls) == before + 1
+    assert len(_cache.calls) == before + 2  # one per format
+    batchmv.matvec(torch.from_numpy(values).to_sparse_csc(), x)  # positive control: a new layout
+    assert len(_cache.calls) == before + 3
 
 
 def test_prepared_torch_operator_and_transform_refusal(rng):

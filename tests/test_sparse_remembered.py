@@ -1,0 +1,164 @@
+"""Remembered calls with a sparse A: a repeated call whose A and x have the same layouts
+skips the checks (``_call.build``) and runs the library's kernel on A's arrays as they are
+at that call; new values, in-place changes of A's values, and changes of A's layout (a new
+key) all give the right result.  Against float64/complex128 dense references."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import batchmv
+import support
+from test_sparse import M, N, dense, make, op_of
+
+sp = pytest.importorskip("scipy.sparse")
+
+#: (x shape, axis) with N standing for op(A)'s second dimension: rows, one vector, columns,
+#: the middle axis, one vector with a batch axis
+LAYOUTS = (((5, N), -1), ((N,), 0), ((N, 3), 0), ((2, N, 3), 1), ((1, N), -1))
+CASES = [("scipy", f) for f in ("csr", "csc", "coo", "bsr")] + [("torch", f) for f in ("csr", "csc", "coo", "bsr")] + [
+    ("jax", f) for f in ("bcoo", "bcsr")
+]
+
+
+def build(lib: str, values: np.ndarray, fmt: str):
+    """``values`` as a sparse matrix of ``lib`` in format ``fmt``."""
+    if lib == "scipy":
+        return make(values, fmt)
+    if lib == "torch":
+        torch = pytest.importorskip("torch")
+        t = torch.from_numpy(values)
+        return {"csr": t.to_sparse_csr, "csc": t.to_sparse_csc, "coo": lambda: t.to_sparse().coalesce(),
+                "bsr": lambda: t.to_sparse_bsr((2, 2))}[fmt]()  # fmt: skip
+    support.need("jax")
+    import jax.numpy as jnp
+    from jax.experimental import sparse as jsparse
+
+    return {"bcoo": jsparse.BCOO, "bcsr": jsparse.BCSR}[fmt].fromdense(jnp.asarray(values))
+
+
+def to_lib(lib: str, x: np.ndarray):
+    return support.to_lib(x, {"scipy": "numpy"}.get(lib, lib))
+
+
+def shape_for(shape: tuple[int, ...], op: str) -> tuple[int, ...]:
+    return tuple(M if s == N and op != "N" else s for s in shape)
+
+
+def a_copied(A, x, axis: int, op: str) -> bool:
+    """Whether the call converts A (a reported copy of A): such calls are built every time."""
+    return any(c.startswith("A:") for c in batchmv.plan(A, x, axis=axis, op=op).copies)
+
+
+@pytest.mark.parametrize("op", ["N", "T", "H"])
+@pytest.mark.parametrize("lib, fmt", CASES)
+def test_repeated_calls_skip_the_checks_and_read_new_values(rng, builds, lib, fmt, op):
+    dtype = "float32" if lib == "jax" else "complex128"  # (jax without x64: float32)
+    for shape, axis in LAYOUTS:
+        shape = shape_for(shape, op)
+        before = builds[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (torch's beta warnings for compressed layouts)
+            for _ in range(3):  # new A (another object, other values, same layout) and new x each time
+                values = dense(rng, dtype)
+                A, x64 = build(lib, values, fmt), support.random_values(rng, shape, dtype)
+                x = to_lib(lib, x64)
+                y = batchmv.matvec(A, x, axis=axis, op=op)
+                support.assert_matvec_close(
+                    y, support.reference(op_of(values, op), x64, axis), support.magnitude(op_of(values, op), x64, axis), N, dtype
+                )
+            checked = builds[0] - before
+            converted = a_copied(A, x, axis, op)
+        # remembered from the first call on, unless every call converts A (then checked each time)
+        assert checked == (3 if converted else 1), (shape, axis, converted)
+
+
+def test_the_scipy_run_is_sparsetools_on_the_arrays_as_they_are(rng, monkeypatch):
+    """A remembered scipy call runs the sparsetools kernel itself, not scipy's ``A @ X``, on
+    A's arrays at that call: values changed in place (``A.data *= 2``) are read."""
+    values = dense(rng, "float64")
+    A = make(values, "csr")
+    x, xs = rng.standard_normal((4, N)), rng.standard_normal(N)
+    batchmv.matvec(A, x), batchmv.matvec(A, xs)  # remembered
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scipy's product ran")
+
+    monkeypatch.setattr(type(A), "_matmul_multivector", refuse)
+    monkeypatch.setattr(type(A), "_matmul_vector", refuse)
+    A.data *= 2
+    for v in (x, xs):
+        y = batchmv.matvec(A, v)
+        support.assert_matvec_close(y, support.reference(2 * values, v, -1), support.magnitude(2 * values, v, -1), N, "float64")
+    # positive control: a call with out= is never remembered: it runs scipy's product, refused here
+    with pytest.raises(AssertionError, match="scipy's product ran"):
+        batchmv.matvec(A, x, out=np.empty((4, M)))
+
+
+@pytest.mark.parametrize("fmt", ["csr", "coo"])
+def test_a_scipy_A_reshaped_or_pruned_in_place_is_checked_again(rng, builds, fmt):
+    """Changes of A's layout in place (``resize``, ``sum_duplicates`` of a COO A) make a new
+    key: the call is checked again, nothing reads past the arrays, the result is right."""
+    values = dense(rng, "float64")
+    A = make(values, fmt)
+    x = rng.standard_normal((3, N))
+    batchmv.matvec(A, x)
+    before = builds[0]
+    A.resize((M - 2, N))  # drops the last rows, in place
+    y = batchmv.matvec(A, x)
+    assert builds[0] == before + 1
+    support.assert_matvec_close(y, support.reference(values[: M - 2], x, -1), support.magnitude(values[: M - 2], x, -1), N, "float64")
+    if fmt == "coo":  # duplicates summed in place: fewer stored entries, read by the remembered run
+        B = sp.coo_array((np.ones(4), ([0, 0, 1, 1], [2, 2, 3, 3])), shape=(M, N))
+        ref = B.toarray()
+        batchmv.matvec(B, x)
+        B.sum_duplicates()
+        assert B.nnz == 2
+        support.assert_matvec_close(batchmv.matvec(B, x), support.reference(ref, x, -1), support.magnitude(ref, x, -1), N, "float64")
+
+
+@pytest.mark.parametrize("lib, fmt", [("scipy", "csr"), ("scipy", "coo"), ("torch", "csr"), ("jax", "bcoo")])
+def test_a_prepared_sparse_operator_remembers_and_rechecks(rng, builds, lib, fmt):
+    dtype = "float32" if lib == "jax" else "float64"
+    values = dense(rng, dtype)
+    A = build(lib, values, fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        op = batchmv.prepare(A)
+        before = builds[0]
+        for operator, matrix in ((op, values), (op.H, values.conj().T), (op, values), (op.H, values.conj().T)):
+            x64 = support.random_values(rng, (4, matrix.shape[1]), dtype)
+            y = operator(to_lib(lib, x64))
+            support.assert_matvec_close(y, support.reference(matrix, x64, -1), support.magnitude(matrix, x64, -1), N, dtype)
+    assert builds[0] - before == 2  # one per op; the repeats are remembered
+    if lib == "scipy":  # A's layout changed in place: a new key, checked again
+        A.resize((M - 2, N))
+        x = rng.standard_normal((4, N))
+        y = op(x)
+        assert builds[0] - before == 3
+        support.assert_matvec_close(y, support.reference(values[: M - 2], x, -1), support.magnitude(values[: M - 2], x, -1), N, dtype)
+
+
+def test_torch_autograd_through_a_remembered_run(rng):
+    """A call remembered without grad, repeated with a sparse A and x that require grad,
+    keeps the graph: the gradients are torch's dense ones."""
+    torch = pytest.importorskip("torch")
+    values = dense(rng, "float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for shape in ((N,), (3, N)):
+            A = torch.from_numpy(values).to_sparse_csr()
+            batchmv.matvec(A, torch.ones(shape, dtype=torch.float64))  # remembered without grad
+            A.requires_grad_(True)
+            x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+            y = batchmv.matvec(A, x)
+            assert y.requires_grad
+            y.sum().backward()
+            dense_a = torch.from_numpy(values).requires_grad_(True)
+            x2 = x.detach().clone().requires_grad_(True)
+            (x2 @ dense_a.T).sum().backward()
+            torch.testing.assert_close(x.grad, x2.grad)
+            torch.testing.assert_close(A.grad.to_dense(), dense_a.grad)
