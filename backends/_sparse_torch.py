@@ -10,6 +10,7 @@ a BSC A (or the transpose of a BSR A) is converted to BSR, a reported copy.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any, Optional
 
@@ -117,22 +118,24 @@ class TorchSparse(SparseKit):
         return torch.is_grad_enabled() and a.requires_grad
 
     def layout_key(self, a: torch.Tensor) -> Optional[tuple]:
-        if _compiling():
-            return None
-        layout = a.layout
-        if layout is torch.sparse_coo:  # (only COO can hold dense dimensions in a 2-D tensor)
-            return (layout, a.shape, a.dtype, a.device, a.dense_dim(), a.is_coalesced())
-        return (layout, a.shape, a.dtype, a.device) if layout in _FORMATS else None
+        return None if _compiling() else _layout_key(a)
 
     def layout_keys(self, a: torch.Tensor, x: torch.Tensor, engine: Any) -> Optional[tuple]:
         # the torch engine's layout_key of x, read inline (one compiler check, no call)
-        layout_a = self.layout_key(a)
-        if layout_a is None or x.layout is not torch.strided:
+        if _compiling() or x.layout is not torch.strided:
+            return None
+        layout_a = _layout_key(a)
+        if layout_a is None:
             return None
         try:
             return (layout_a, (x.shape, x.stride(), x.dtype, x.device, x.is_conj(), x.is_neg()))
         except RuntimeError:  # no strides (nested tensors)
             return None
+
+    def product(self, call: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        if call.op in ("T", "H"):
+            return super().product(call)
+        return torch.sparse.mm if call.info.format == "coo" else operator.matmul  # (see spmm)
 
     def vector_product(self, call: Any) -> Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
         """``torch.mv`` for a CSR or BSR product (a CSC A's transpose is a CSR view): about
@@ -165,6 +168,13 @@ class TorchSparse(SparseKit):
         built = _BUILD[parts.format](first, second, data, parts.shape, check_invariants=False)  # (valid: the source checked them)
         shared = all(p.data_ptr() == q.data_ptr() for p, q in zip(_arrays(built), parts.arrays) if p.numel())
         return built, (None if shared else "torch copied A's index or value arrays to build its tensor")
+
+
+def _layout_key(a: torch.Tensor) -> Optional[tuple]:
+    layout = a.layout
+    if layout is torch.sparse_coo:  # (only COO can hold dense dimensions in a 2-D tensor)
+        return (layout, a.shape, a.dtype, a.device, a.dense_dim(), a.is_coalesced())
+    return (layout, a.shape, a.dtype, a.device) if layout in _FORMATS else None
 
 
 KIT = TorchSparse

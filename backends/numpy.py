@@ -131,6 +131,9 @@ class NumpyEngine(StridedEngine):
     def view(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return a.reshape(shape, copy=False)
 
+    def known_view(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return a.reshape(shape)  # (a view where one exists; copy=False costs 0.25 us more to say so)
+
     def vectors_last_copy(self, a: np.ndarray, axis: int, dtype: np.dtype) -> np.ndarray:
         moved = np.moveaxis(a, axis, -1)
         return np.moveaxis(moved.astype(dtype, order="C", copy=True), -1, axis)

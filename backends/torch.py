@@ -244,7 +244,8 @@ class TorchEngine(StridedEngine):
         return torch.as_tensor(obj)
 
     def permute(self, a: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-        return a.permute(axes)
+        # (the transpose of a matrix: t() takes half the time of permute's argument parsing)
+        return a.t() if axes == (1, 0) else a.permute(axes)
 
     def view(self, a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         return a.view(shape)

@@ -279,11 +279,12 @@ def runner(call: SparseCall) -> Optional[Callable[[Any, Any], Any]]:
     if vector is not None:  # one vector: x and y are viewed as 1-D whatever their shapes
         n, y_shape = (shape[ax],), call.y_shape
         view_v, view_y = shape != n, len(y_shape) != 1
+        view = eng.known_view
         if not view_y:
-            return (lambda a, x: vector(a, eng.view(x, n))) if view_v else vector
+            return (lambda a, x: vector(a, view(x, n))) if view_v else vector
         if not view_v:
-            return lambda a, x: eng.view(vector(a, x), y_shape)
-        return lambda a, x: eng.view(vector(a, eng.view(x, n)), y_shape)
+            return lambda a, x: view(vector(a, x), y_shape)
+        return lambda a, x: view(vector(a, view(x, n)), y_shape)
     product = kit.product(call)
     perm = (ax, *(i for i in range(len(shape)) if i != ax))
     permute = perm != tuple(range(len(shape)))
@@ -292,15 +293,20 @@ def runner(call: SparseCall) -> Optional[Callable[[Any, Any], Any]]:
     y_moved = (call.y_shape[ax], *(shape[i] for i in perm[1:]))
     view_y = y_moved != (call.y_shape[ax], nk[1])
     unperm = tuple(sorted(range(len(perm)), key=perm.__getitem__)) if permute else None
-    if not (permute or view_x or copy_x or conj or view_y):
-        return product  # x is the product's (n, k) view and its result is y
+    if not (view_x or copy_x or conj or view_y):
+        if not permute:
+            return product  # x is the product's (n, k) view and its result is y
+        if perm == (1, 0):  # vectors in the rows of a matrix: the product on x's transpose, transposed
+            transpose = eng.permute
+            return lambda a, x: transpose(product(a, transpose(x, perm)), perm)
+    view = eng.known_view
 
     def run(a: Any, x: Any) -> Any:
         xc = eng.permute(x, perm) if permute else x
         if copy_x:
             xc = eng.c_order_copy(xc, dtype)
         if view_x:
-            xc = eng.view(xc, nk)
+            xc = view(xc, nk)
         if conj:
             tracked = eng.tracks_graph(x) or kit.tracks_graph(a)
             xc = eng.conj_inplace(xc, tracked) if copy_x else eng.conj_copy(xc)
@@ -308,7 +314,7 @@ def runner(call: SparseCall) -> Optional[Callable[[Any, Any], Any]]:
         if conj:
             y = eng.conj_inplace(y, tracked)
         if view_y:
-            y = eng.view(y, y_moved)
+            y = view(y, y_moved)
         return eng.permute(y, unperm) if permute else y
 
     return run
