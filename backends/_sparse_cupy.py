@@ -22,6 +22,9 @@ What this follows from, in CuPy's source (``cupyx/scipy/sparse``, CuPy 13.6 and 
   does that on a copy instead (reported; A is left as given).  Whether A is canonical is
   cupyx's ``has_canonical_format``: a small kernel and one device synchronisation the
   first time it is asked, cached on A by cupyx (its own product asks the same).
+* streams: cupyx's cuSPARSE wrappers point the handle at CuPy's current stream before each
+  call (``cupy_backends/cuda/libs/cusparse.pyx``: ``_setStream``), so the product is
+  enqueued on the caller's current stream, as the dense cupy engine's GEMM is.
 
 None of this has run on a GPU where it was written (no device, no cupy there): the tests
 of ``tests/test_sparse_cupy.py`` are marked ``gpu``.
