@@ -287,7 +287,7 @@ class SparseSpec:
     ``batchmv.backends.<kit>``, defines ``KIT``: what batchmv does with them (their format,
     views of op(A), the sparse-times-dense product, their index and value arrays)."""
 
-    name: str  #: the library's name in reports ("scipy", "torch", "jax")
+    name: str  #: the library's name in reports ("scipy", "torch", "jax", "cupy")
     module: str  #: the module that defines the types; nothing is one before it is imported
     array_types: tuple[str, ...]  #: attribute paths, in ``module``, of the sparse types
     engine: str  #: the engine of the dense arrays the product takes and returns
@@ -301,5 +301,7 @@ SPARSE: dict[str, SparseSpec] = {
         # every tensor is a torch.Tensor: the kit tells sparse layouts from strided ones
         SparseSpec("torch", "torch", ("Tensor",), "torch", "_sparse_torch"),
         SparseSpec("jax", "jax.experimental.sparse", ("BCOO", "BCSR"), "jax", "_sparse_jax"),
+        # CuPy 14's sparse arrays and matrices; CuPy 13 has spmatrix only (a missing name matches nothing)
+        SparseSpec("cupy", "cupyx.scipy.sparse", ("sparray", "spmatrix"), "cupy", "_sparse_cupy"),
     )
 }
