@@ -92,7 +92,7 @@ class CupySparse(SparseKit):
         with a.data.device:
             return a.astype(dtype)
 
-    def conversion(self, a: Any) -> Optional[str]:
+    def conversion(self, a: Any, op: str = "N") -> Optional[str]:
         if a.format not in _NATIVE:
             return f"cupyx has no product for the {a.format} format (its A @ X converts it): converted with A.tocsr() (a copy of A)"
         if not a.has_canonical_format:  # (cupyx's flag: computed once, on the device, then cached on A)
@@ -124,7 +124,7 @@ class CupySparse(SparseKit):
         with a.data.device:
             return a.T
 
-    def reads(self, xc: cupy.ndarray) -> bool:
+    def reads(self, xc: cupy.ndarray, fmt: str) -> bool:
         return bool(xc.flags.f_contiguous)  # cupy.asfortranarray returns such an array itself
 
     def spmm(self, a: Any, xc: cupy.ndarray) -> cupy.ndarray:

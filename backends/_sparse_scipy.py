@@ -60,7 +60,7 @@ class ScipySparse(SparseKit):
     def astype(self, a: Any, dtype: np.dtype) -> Any:
         return a.astype(dtype)
 
-    def conversion(self, a: Any) -> Optional[str]:
+    def conversion(self, a: Any, op: str = "N") -> Optional[str]:
         if a.format in _NATIVE:
             return None
         return f"scipy has no product for the {a.format} format: converted with A.tocsr() (a copy of A)"
@@ -82,7 +82,7 @@ class ScipySparse(SparseKit):
     def transpose(self, a: Any) -> Any:
         return a.T  # csr <-> csc and coo: the same index and value arrays
 
-    def reads(self, xc: np.ndarray) -> bool:
+    def reads(self, xc: np.ndarray, fmt: str) -> bool:
         # sparsetools takes X.ravel(): a view only for C order; aligned native data, or it copies
         return bool(xc.flags.c_contiguous and xc.flags.aligned and xc.dtype.isnative)
 

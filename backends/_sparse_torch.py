@@ -1,11 +1,16 @@
 """torch sparse tensors as A (COO, CSR, CSC, BSR, BSC): the product is torch's
-sparse-times-strided ``mm`` on a 2-D view of x, any strides: ``torch.sparse.mm`` for COO
-(whose gradient w.r.t. A stays sparse), ``A @ X`` for the compressed layouts (their
-gradient is the dense one torch computes).  Autograd runs through both.
+sparse-times-strided product on a 2-D view of x: ``torch.sparse.mm`` for COO (whose
+gradient w.r.t. A stays sparse), ``A @ X`` for CSR and BSR (``torch.mv`` for one vector;
+their gradient is the dense one torch computes).  Autograd runs through both.
 
-The transpose of a CSR tensor is a CSC view of the same arrays (and BSR/BSC likewise);
-a COO transpose is a new, uncoalesced tensor (a copy).  torch has no CPU product for BSC:
-a BSC A (or the transpose of a BSR A) is converted to BSR, a reported copy.
+torch's CPU products multiply COO, CSR and BSR as they are; a CSC or BSC tensor they
+convert to CSR/BSR on every call (seen by torch's profiler as ``aten::to_sparse_csr``), so
+batchmv converts it itself and reports that copy of A.  The transpose of a CSC (BSC)
+tensor is a CSR (BSR) view of the same arrays, multiplied as it is; the transpose of a
+CSR, BSR or COO tensor is a copy (converted, or coalesced again), reported.  The CSR and
+BSR products read x's (n, k) view in place only with unit stride along its rows (torch
+copies other layouts first), so vectors in the rows of a C-ordered x are copied into such
+an array, reported, as torch's own ``A @ X.T`` copies them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ _FORMATS = {
     torch.sparse_coo: "coo", torch.sparse_csr: "csr", torch.sparse_csc: "csc",
     torch.sparse_bsr: "bsr", torch.sparse_bsc: "bsc",
 }  # fmt: skip
-_TRANSPOSED = {"coo": "coo", "csr": "csc", "csc": "csr", "bsr": "bsr", "bsc": "bsr"}
+#: the format op(A) is multiplied in for op "T"/"H" (CSC and BSC are converted; see transpose)
+_TRANSPOSED = {"coo": "coo", "csr": "csr", "csc": "csr", "bsr": "bsr", "bsc": "bsr"}
 _compiling = torch.compiler.is_compiling
 _DTYPES = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128})
 _BUILD = {"csr": torch.sparse_csr_tensor, "csc": torch.sparse_csc_tensor, "bsr": torch.sparse_bsr_tensor}
@@ -43,7 +49,11 @@ class TorchSparse(SparseKit):
     name = "torch"
     engine = "torch"
     assembles = True
-    kernel = "torch.sparse.mm / torch.matmul (one sparse-times-strided product)"
+    kernel = "torch.sparse.mm / torch.matmul / torch.mv (one sparse-times-strided product)"
+    layout_need = (
+        "torch's CSR/BSR product reads the vectors as the columns of an (n, k) array with unit stride along its "
+        "rows, one vector contiguous (it copies any other layout itself)"
+    )
 
     def is_sparse(self, a: torch.Tensor) -> bool:
         return a.layout in _FORMATS
@@ -80,20 +90,24 @@ class TorchSparse(SparseKit):
     def astype(self, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return a.to(dtype)
 
-    def conversion(self, a: torch.Tensor) -> Optional[str]:
+    def conversion(self, a: torch.Tensor, op: str = "N") -> Optional[str]:
+        if op in ("T", "H"):
+            return None  # (transpose_copy says what A^T costs: a view, or a copy that converts)
         if a.layout == torch.sparse_bsc:
             return "torch has no CPU product for a BSC tensor: converted to BSR (a copy of A)"
+        if a.layout == torch.sparse_csc:
+            return "torch's CPU product converts a CSC tensor to CSR every time: converted here (a copy of A)"
         if a.layout == torch.sparse_coo and not a.is_coalesced():
             return "an uncoalesced COO tensor is coalesced (a sorted copy of A's indices and values; torch's product would make it)"
         return None
 
     def converted_format(self, a: torch.Tensor) -> str:
-        return "bsr" if a.layout == torch.sparse_bsc else "coo (coalesced)"
+        return {torch.sparse_bsc: "bsr", torch.sparse_csc: "csr"}.get(a.layout, "coo (coalesced)")
 
     def convert(self, a: torch.Tensor) -> torch.Tensor:
         if a.layout == torch.sparse_bsc:
             return a.to_sparse_bsr(a.values().shape[1:])
-        return a.coalesce()
+        return a.to_sparse_csr() if a.layout == torch.sparse_csc else a.coalesce()
 
     def transposed_format(self, fmt: str) -> str:
         return _TRANSPOSED[fmt.split(" ")[0]]
@@ -103,16 +117,37 @@ class TorchSparse(SparseKit):
             return "the transpose of a COO tensor is a new one, coalesced again (a copy of A's indices and values)"
         if a.layout == torch.sparse_bsr:
             return "the transpose of a BSR tensor is BSC, which torch cannot multiply on the CPU: converted to BSR (a copy of A)"
+        if a.layout == torch.sparse_csr:
+            return "the transpose of a CSR tensor is CSC, which torch's CPU product converts to CSR every time: converted here (a copy of A)"
+        if a.layout == torch.sparse_bsc:
+            return ("the transpose of a BSC tensor is a BSR view whose blocks are transposed views: torch's product copies "
+                    "its values into contiguous blocks (a copy of A's values)")
         return None
 
     def transpose(self, a: torch.Tensor) -> torch.Tensor:
         t = a.t()  # csr <-> csc, bsr <-> bsc: views of the same arrays
         if t.layout == torch.sparse_coo:
             return t.coalesce()
+        if t.layout == torch.sparse_csc:
+            return t.to_sparse_csr()
         return t.to_sparse_bsr(t.values().shape[1:]) if t.layout == torch.sparse_bsc else t
 
+    def reads(self, xc: torch.Tensor, fmt: str) -> bool:
+        # What torch's CPU products read without a copy of their own (found with torch's
+        # profiler: aten::clone of x): the COO product any strides; the CSR and BSR product
+        # row-major columns (unit stride along the vectors' batch), and torch.mv, which
+        # runs one vector, a contiguous vector.
+        if fmt == "coo":
+            return True
+        n, k = xc.shape
+        return xc.stride(0) == 1 or n <= 1 if k == 1 else xc.stride(1) == 1
+
     def spmm(self, a: torch.Tensor, xc: torch.Tensor) -> torch.Tensor:
-        return torch.sparse.mm(a, xc) if a.layout == torch.sparse_coo else a @ xc
+        if a.layout == torch.sparse_coo:
+            return torch.sparse.mm(a, xc)  # (its gradient w.r.t. A stays sparse)
+        if xc.shape[1] == 1:  # (torch's matrix product would copy an (n, 1) view of strides (1, n))
+            return torch.mv(a, xc[:, 0]).unsqueeze(1)
+        return a @ xc
 
     def tracks_graph(self, a: torch.Tensor) -> bool:
         return torch.is_grad_enabled() and a.requires_grad

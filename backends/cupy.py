@@ -171,7 +171,10 @@ class CupyEngine(StridedEngine):
 
     def view(self, a: cupy.ndarray, shape: tuple[int, ...]) -> cupy.ndarray:
         v = a.view()
-        v.shape = shape  # never copies: raises when the strides cannot express ``shape``
+        try:
+            v.shape = shape  # never copies: raises when the strides cannot express ``shape``
+        except AttributeError as e:  # (cupy's setter says so as AttributeError; numpy's and torch's ValueError/RuntimeError)
+            raise ValueError(str(e)) from None
         return v
 
     def vectors_last_copy(self, a: cupy.ndarray, axis: int, dtype: Any) -> cupy.ndarray:

@@ -129,7 +129,7 @@ def build(
         raise TypeError(f"a sparse A cannot be multiplied under a {engine.name} transform (vmap/grad of x)")
     xc, temporaries = None, []
     if kit_e.strided:
-        xc, why = _columns_view(engine, kit_e, x_e, ax, dtype)
+        xc, why = _columns_view(engine, kit_e, x_e, ax, dtype, fmt)
         if why:
             n, k = engine.shape(x_e)[ax], _batch(engine.shape(x_e), ax)
             copies.insert(0, f"x: copied into a C-ordered ({n}, {k}) array, vectors in columns: {why}")
@@ -170,7 +170,7 @@ def _operand_steps(kit: Any, a: Any, info: SparseInfo, op: str, dtype: Any, copi
     steps, fmt = [], info.format
     if not kit.strided:  # one program: the transpose is the choice of A's contracted dimension
         return steps, (f"{fmt} (A^T: A's rows contracted, nothing transposed)" if op in ("T", "H") else fmt)
-    converted = kit.conversion(a)
+    converted = kit.conversion(a, op)
     if converted:
         steps.append("convert")
         copies.append(f"A: {converted}")
@@ -187,8 +187,9 @@ def _operand_steps(kit: Any, a: Any, info: SparseInfo, op: str, dtype: Any, copi
     return steps, fmt
 
 
-def _columns_view(engine: Any, kit: Any, x: Any, ax: int, dtype: Any) -> tuple[Any, Optional[str]]:
-    """(x as the (n, k) view the product reads, None) or (None, why x is copied into one)."""
+def _columns_view(engine: Any, kit: Any, x: Any, ax: int, dtype: Any, fmt: str) -> tuple[Any, Optional[str]]:
+    """(x as the (n, k) view the product reads, None) or (None, why x is copied into one);
+    ``fmt``: the format the product computes in, described."""
     if engine.dtype_of(x) != dtype:
         return None, f"cast from {engine.dtype_name(x)} to the result dtype {dtype}"
     shape = engine.shape(x)
@@ -198,7 +199,7 @@ def _columns_view(engine: Any, kit: Any, x: Any, ax: int, dtype: Any) -> tuple[A
         xc = engine.view(moved, (shape[ax], _batch(shape, ax)))
     except (ValueError, RuntimeError):  # numpy and torch: the batch axes cannot be viewed as one
         return None, "the batch axes of x cannot be viewed as one"
-    if not kit.reads(xc):
+    if not kit.reads(xc, fmt.split(" ")[0]):
         return None, kit.layout_need
     return xc, None
 

@@ -75,8 +75,9 @@ class SparseKit:
         raise NotImplementedError
 
     # -- the operand ----------------------------------------------------------------------
-    def conversion(self, a: Any) -> Optional[str]:
-        """None when the product takes A's format, else why A is converted (a copy)."""
+    def conversion(self, a: Any, op: str = "N") -> Optional[str]:
+        """None when the product takes A's format (for op "T"/"H": when it takes A^T's,
+        which :meth:`transpose_copy` answers for), else why A is converted (a copy)."""
         return None
 
     def converted_format(self, a: Any) -> str:
@@ -89,15 +90,17 @@ class SparseKit:
         raise NotImplementedError
 
     def transpose_copy(self, a: Any) -> Optional[str]:
-        """None when A^T is a view of A's arrays, else why it is a copy."""
+        """None when A^T is a view of A's arrays that the product reads as it is, else why
+        it is a copy (made by the kit's :meth:`transpose`, or by the library's product)."""
         return None
 
     def transpose(self, a: Any) -> Any:
         raise NotImplementedError
 
     # -- the product ----------------------------------------------------------------------
-    def reads(self, xc: Any) -> bool:
-        """Whether :meth:`spmm` reads this (n, k) view of x in place."""
+    def reads(self, xc: Any, fmt: str) -> bool:
+        """Whether :meth:`spmm` reads this (n, k) view of x in place when it computes in
+        format ``fmt`` (of op(A), after the steps: "csr", "coo", ...)."""
         return True
 
     def spmm(self, a: Any, xc: Any) -> Any:

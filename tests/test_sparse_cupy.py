@@ -243,11 +243,6 @@ def test_refusals(rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.xfail(
-    raises=AttributeError, strict=True,
-    reason="CupyEngine.view raises AttributeError (cupy's shape setter) where _sparse._columns_view "
-    "expects ValueError/RuntimeError, so x is not copied as it should be (reported with issue 14)",
-)  # fmt: skip
 def test_batch_axes_that_cannot_be_viewed_as_one_are_copied(rng):
     cupy, csp = _cupyx()
     values = dense(rng, "float64")

@@ -57,28 +57,78 @@ def test_formats_dtypes_ops_axes(rng, fmt, dtype, op, index):
         assert p.kernel == "spmm" and p.index_dtype == ("int64" if fmt == "coo" else index)
 
 
-def test_x_is_read_through_views_of_any_strides(rng):
+def test_x_is_read_in_place_where_torch_reads_it(rng):
+    """torch's CSR/BSR products read x's (n, k) view in place with unit stride along its
+    rows, torch.mv a contiguous vector, the COO product any strides; every other layout
+    is copied by batchmv, and the plan says so."""
     import torch
 
-    A = to_torch(dense(rng, "float64"), "csr")
-    rows = torch.randn(5, N, dtype=torch.float64)  # vectors in rows: its transpose is the (n, k) view
-    p = batchmv.plan(A, rows)
+    values = dense(rng, "float64")
+    csr, coo = to_torch(values, "csr"), to_torch(values, "coo")
+    columns = torch.randn(N, 5, dtype=torch.float64)  # vectors in columns: (n, k) row-major
+    assert batchmv.plan(csr, columns, axis=0).copies == ()
+    assert batchmv.plan(csr, torch.randn(N, 10, dtype=torch.float64)[:, :5], axis=0).copies == ()  # rows padded
+    assert batchmv.plan(csr, torch.randn(5, N, dtype=torch.float64)[0]).copies == ()  # one vector
+    rows = torch.randn(5, N, dtype=torch.float64)  # vectors in rows: the (n, k) view is column-major
+    p = batchmv.plan(coo, rows)
     assert p.copies == () and p.views[0].source == "x" and p.views[0].strides == (1, N)
-    strided = torch.randn(N, 10, dtype=torch.float64)[:, ::2]
-    assert batchmv.plan(A, strided, axis=0).copies == ()
-    # positive control: a middle axis whose batch axes cannot be one view is copied, and said so
+    assert batchmv.plan(csr, rows).copies[0].startswith("x: copied")
+    assert batchmv.plan(csr, torch.randn(N, 10, dtype=torch.float64)[:, ::2], axis=0).copies[0].startswith("x: copied")
+    assert batchmv.plan(csr, torch.randn(N, 2, dtype=torch.float64)[:, 0]).copies[0].startswith("x: copied")
     middle = torch.randn(3, N, 4, dtype=torch.float64)
-    assert batchmv.plan(A, middle, axis=1).copies[0].startswith("x: copied")
+    assert batchmv.plan(csr, middle, axis=1).copies[0].startswith("x: copied")
+
+
+CONVERSIONS = ("aten::clone", "aten::contiguous", "aten::to_sparse_csr", "aten::_to_sparse_csr", "aten::to_sparse_bsr",
+               "aten::_to_sparse_bsr", "aten::coalesce", "aten::_coalesce")  # fmt: skip
+
+
+def copies_seen(fn) -> set[str]:
+    """The copying operations torch's profiler records in one call of ``fn`` (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if e.key in CONVERSIONS}
+
+
+@pytest.mark.parametrize("op", ["N", "T"])
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "bsr", "bsc"])
+def test_torch_copies_nothing_the_plan_does_not_report(rng, fmt, op):
+    """Seen by torch's profiler: where the plan reports no copy of A, torch converts
+    nothing of A; where it reports no copy of x, torch copies nothing of x."""
+    import torch
+
+    values = dense(rng, "float64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        A = to_torch(values, fmt)
+        for shape, axis in (((N, 4), 0), ((4, N), -1), ((N,), 0), ((1, N), -1)):
+            x = torch.randn(tuple(M if s == N and op == "T" else s for s in shape), dtype=torch.float64)
+            copies = batchmv.plan(A, x, axis=axis, op=op).copies
+            seen = copies_seen(lambda: batchmv.matvec(A, x, axis=axis, op=op))
+            if not any(c.startswith("A:") for c in copies):
+                assert not seen & set(CONVERSIONS[2:]), (shape, seen)
+            if not copies:  # (a conversion of A clones arrays of A's too)
+                assert not seen, (shape, seen)
+    # positive controls: torch's own products convert a CSC A, and copy x's transpose
+    assert "aten::to_sparse_csr" in copies_seen(lambda: to_torch(values, "csc") @ torch.randn(N, 4, dtype=torch.float64))
+    assert "aten::clone" in copies_seen(lambda: to_torch(values, "csr") @ torch.randn(4, N, dtype=torch.float64).T)
 
 
 def test_transposes_are_views_or_reported_copies(rng):
     import torch
 
     values = dense(rng, "float64")
-    xt = torch.randn(3, M, dtype=torch.float64)
-    assert batchmv.plan(to_torch(values, "csr"), xt, op="T").copies == ()
-    assert batchmv.plan(to_torch(values, "csr"), xt, op="T").format.startswith("csc (A^T: a view")
-    assert "transpose of a COO tensor" in batchmv.plan(to_torch(values, "coo"), xt, op="T").copies[0]
+    xt = torch.randn(M, 3, dtype=torch.float64)
+    # CSC^T is a CSR view, multiplied as it is; CSR^T is CSC, which torch would convert every call
+    assert batchmv.plan(to_torch(values, "csc"), xt, axis=0, op="T").copies == ()
+    assert batchmv.plan(to_torch(values, "csc"), xt, axis=0, op="T").format.startswith("csr (A^T: a view")
+    assert "CSR tensor is CSC" in batchmv.plan(to_torch(values, "csr"), xt, axis=0, op="T").copies[0]
+    with pytest.raises(batchmv.CopyRequiredError, match="CSC"):
+        batchmv.matvec(to_torch(values, "csr"), xt, axis=0, op="T", copy=False)
+    assert "transpose of a COO tensor" in batchmv.plan(to_torch(values, "coo"), xt, axis=0, op="T").copies[0]
     with pytest.raises(batchmv.CopyRequiredError, match="BSC"):
         batchmv.matvec(to_torch(values, "bsc"), torch.randn(3, N, dtype=torch.float64), copy=False)
     uncoalesced = torch.sparse_coo_tensor(torch.tensor([[2, 0, 2], [1, 3, 1]]), torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), (M, N))
@@ -88,6 +138,12 @@ def test_transposes_are_views_or_reported_copies(rng):
     check_torch = support.reference(expected, x, -1)
     np.testing.assert_allclose(batchmv.matvec(uncoalesced, x).numpy(), check_torch, rtol=1e-14)
     assert "uncoalesced" in batchmv.plan(uncoalesced, x).copies[0]
+    # op T of an uncoalesced COO A: one copy (the transpose, coalesced), not two
+    copies = batchmv.plan(uncoalesced, torch.randn(4, M, dtype=torch.float64), op="T").copies
+    assert [c for c in copies if c.startswith("A:")] == [copies[0]] and "transpose of a COO" in copies[0]
+    np.testing.assert_allclose(
+        batchmv.matvec(uncoalesced, xm := torch.randn(4, M, dtype=torch.float64), op="T").numpy(), support.reference(expected.T, xm, -1), rtol=1e-14
+    )
 
 
 # -- autograd -----------------------------------------------------------------------------
@@ -150,11 +206,13 @@ def test_scipy_a_with_torch_x_shares_its_arrays(rng, fmt, index):
 
     values = dense(rng, "float64")
     A = make(values, fmt, index)
-    x = torch.randn(4, N, dtype=torch.float64)
-    assert batchmv.plan(A, x).copies == ()
-    y = batchmv.matvec(A, x)
+    x = torch.randn(N, 4, dtype=torch.float64)  # vectors in columns: the (n, k) view torch reads in place
+    copies = batchmv.plan(A, x, axis=0).copies
+    # torch's product converts CSC to CSR: batchmv does, and says so; the others copy nothing
+    assert copies == () if fmt != "csc" else (len(copies) == 1 and "CSC tensor to CSR" in copies[0])
+    y = batchmv.matvec(A, x, axis=0)
     assert isinstance(y, torch.Tensor)
-    support.assert_matvec_close(y, support.reference(values, x, -1), support.magnitude(values, x, -1), N, "float64")
+    support.assert_matvec_close(y, support.reference(values, x, 0), support.magnitude(values, x, 0), N, "float64")
     shared = batchmv.prepare(A, backend="torch")._shared
     compressed = fmt in ("csr", "bsr")
     first = shared.crow_indices() if compressed else shared.ccol_indices()
@@ -227,7 +285,7 @@ def test_sparse_calls_are_remembered_per_layout(rng):
             y = batchmv.matvec(to_torch(values, fmt), x)
             support.assert_matvec_close(y, support.reference(values, x, -1), support.magnitude(values, x, -1), N, "float64")
     assert len(_cache.calls) == before + 2  # one per format
-    batchmv.matvec(torch.from_numpy(values).to_sparse_csc(), x)  # positive control: a new layout
+    batchmv.matvec(torch.from_numpy(values).to_sparse_bsr((2, 2)), x)  # positive control: a new layout
     assert len(_cache.calls) == before + 3
 
 
@@ -235,11 +293,11 @@ def test_prepared_torch_operator_and_transform_refusal(rng):
     import torch
 
     values = dense(rng, "complex128")
-    op = batchmv.prepare(to_torch(values, "csr"))
+    op = batchmv.prepare(to_torch(values, "csc"))
     v = torch.from_numpy(support.random_values(rng, (3, M), "complex128"))
     ref = values.conj().T
     support.assert_matvec_close(op.H(v), support.reference(ref, v, -1), support.magnitude(ref, v, -1), M, "complex128")
-    assert op.H.plan(v).format.startswith("csc (A^T: a view")
+    assert op.H.plan(v).format.startswith("csr (A^T: a view")
     with pytest.raises(TypeError, match="transform"):
         torch.func.vmap(lambda row: op(row))(torch.ones(3, N, dtype=torch.complex128))
 
