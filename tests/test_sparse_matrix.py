@@ -37,8 +37,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # (torch: "beta"
 DTYPES = ("float32", "float64", "complex64", "complex128")
 INDEX = ("int32", "int64")
 OPS = ("N", "T", "H")
-#: test_sparse's layouts and a middle axis named from the end
-SHAPES = (*LAYOUTS, ((2, N, 3), -2))
+#: test_sparse's layouts, a middle axis named from the end, 4-D with a length-1 batch axis, one vector as a column
+SHAPES = (*LAYOUTS, ((2, N, 3), -2), ((2, 1, N, 3), 2), ((N, 1), 0))
 #: x's memory: C order, the transpose of a C-ordered array (Fortran order), every other element of the last axis
 ORDERS = ("C", "F", "step")
 #: ordinary (empty rows and a column), explicit zeros stored, nnz = 0, duplicates in unsorted order
@@ -326,6 +326,11 @@ def run_case(rng: np.random.Generator, lib: str, case: dict) -> None:
         check(batchmv.matvec(A2, x2, op=other, **kw), second, v2, "matvec, the other transpose", other)
     if op == "H":
         check(batchmv.rmatvec(A, x2, **kw), first, v2, "rmatvec")
+    if x_lib != "jax":  # out=: written in place, in x's library
+        y_shape = tuple(M if op == "N" and i == axis % len(shape) else N if i == axis % len(shape) else s for i, s in enumerate(shape))
+        out = support.to_lib(np.full(y_shape, np.nan, dtype=result), x_lib)
+        assert batchmv.matvec(A, x1, op=op, out=out, **kw) is out
+        check(out, first, v1, "matvec, out=")
 
     prepared = batchmv.prepare(A, backend=prep_backend)
     P = {"N": prepared, "T": prepared.T, "H": prepared.H}[op]
