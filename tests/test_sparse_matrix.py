@@ -39,8 +39,9 @@ INDEX = ("int32", "int64")
 OPS = ("N", "T", "H")
 #: test_sparse's layouts, a middle axis named from the end, 4-D with a length-1 batch axis, one vector as a column
 SHAPES = (*LAYOUTS, ((2, N, 3), -2), ((2, 1, N, 3), 2), ((N, 1), 0))
-#: x's memory: C order, the transpose of a C-ordered array (Fortran order), every other element of the last axis
-ORDERS = ("C", "F", "step")
+#: x's memory: C order, the transpose of a C-ordered array (Fortran order), every other element of the
+#: last axis, C order with torch's lazy conjugate/negative bit (numpy, jax: C order)
+ORDERS = ("C", "F", "step", "lazy")
 #: ordinary (empty rows and a column), explicit zeros stored, nnz = 0, duplicates in unsorted order
 MATRICES = ("plain", "zeros", "empty", "messy")
 SCIPY_FORMATS = ("csr", "csc", "coo", "bsr", "dia", "lil", "dok")
@@ -267,6 +268,16 @@ def vectors(rng: np.random.Generator, shape: tuple, order: str, dtype: str, lib:
         import jax.numpy as jnp
 
         return jnp.asarray(view), values
+    if order == "lazy" and lib == "torch":  # torch's lazy conjugate (complex) or negative (real) bit
+        import torch
+
+        if view.dtype.kind == "c":
+            x = torch.from_numpy(view.conj()).conj()
+            assert x.is_conj()
+        else:
+            x = torch.from_numpy(-view)._neg_view()
+            assert x.is_neg()
+        return x, values
     x = support.to_lib(view, lib)
     if lib == "torch":
         assert tuple(x.stride()) == tuple(s // view.itemsize for s in view.strides)
@@ -434,7 +445,7 @@ def _awkward() -> list:
                         dtype = DTYPES[i % 4]
                         index = "int64" if lib == "torch" and fmt == "coo" else INDEX[(i // 4) % 2]
                         case = {"fmt": fmt, "a_dtype": dtype, "x_dtype": dtype, "index": index, "op": op,
-                                "layout": (2, 7)[i % 2], "order": ORDERS[i % 3], "matrix": matrix, "x_lib": x_lib,
+                                "layout": (2, 7)[i % 2], "order": ORDERS[i % len(ORDERS)], "matrix": matrix, "x_lib": x_lib,
                                 "engine": ("auto", "swap")[(i // 3) % 2], "kind": ("sparray", "spmatrix")[(i // 2) % 2]}  # fmt: skip
                         out.append(pytest.param(lib, case, id=f"{lib}-{fmt}-{matrix}-{op}-{x_lib}-{dtype}-{index}", marks=needs(lib, x_lib)))
     return out
@@ -465,7 +476,7 @@ def _blocks() -> list:
             for op in OPS:
                 i = len(out)
                 case = {"fmt": fmt, "a_dtype": DTYPES[i % 4], "x_dtype": DTYPES[(i + 1) % 4 if i % 3 else i % 4],
-                        "index": INDEX[i % 2], "op": op, "layout": (2, 0, 3)[i % 3], "order": ORDERS[i % 3],
+                        "index": INDEX[i % 2], "op": op, "layout": (2, 0, 3)[i % 3], "order": ORDERS[i % len(ORDERS)],
                         "matrix": ("plain", "zeros", "empty")[(i // 3) % 3], "x_lib": x_lib, "block": block,
                         "engine": ("auto", "swap")[(i // 2) % 2]}  # fmt: skip
                 # the torch engine computes some product of every case with torch in it (scipy
