@@ -81,11 +81,19 @@ def _spmm(a: Any, x: Any, axis: int, op: str) -> Any:
     conjugate goes on x and y, ``conj(A)^T x == conj(A^T conj(x))``."""
     dtype = jnp.result_type(a.data, x)
     conj = op in ("H", "C") and jnp.issubdtype(a.dtype, jnp.complexfloating)
-    a = a if a.dtype == dtype else a.astype(dtype)
+    a = a if a.dtype == dtype else _cast(a, dtype)
     x = x if x.dtype == dtype else x.astype(dtype)
     dims = (((0 if op in ("T", "H") else 1,), (axis,)), ((), ()))
     y = _DOT[type(a).__name__.lower()](a, jnp.conj(x) if conj else x, dimension_numbers=dims)
     return jnp.moveaxis(jnp.conj(y) if conj else y, 0, axis)
+
+
+def _cast(a: Any, dtype: Any) -> Any:
+    """A with its values cast to ``dtype`` (BCSR has no ``astype``: rebuilt on cast values)."""
+    if isinstance(a, jsparse.BCSR):
+        leaves = (a.data.astype(dtype), a.indices, a.indptr)
+        return jsparse.BCSR(leaves, shape=a.shape, indices_sorted=a.indices_sorted, unique_indices=a.unique_indices)
+    return a.astype(dtype)
 
 
 @functools.lru_cache(maxsize=64)

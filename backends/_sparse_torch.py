@@ -93,44 +93,46 @@ class TorchSparse(SparseKit):
     def conversion(self, a: torch.Tensor, op: str = "N") -> Optional[str]:
         if op in ("T", "H"):
             return None  # (transpose_copy says what A^T costs: a view, or a copy that converts)
-        if a.layout == torch.sparse_bsc:
+        layout = a.layout
+        if layout in (torch.sparse_bsr, torch.sparse_bsc) and not _square_blocks(a):
+            return f"torch's CPU product (MKL) takes square blocks only: {_BLOCKS_TO_CSR}"
+        if layout == torch.sparse_bsc:
             return "torch has no CPU product for a BSC tensor: converted to BSR (a copy of A)"
-        if a.layout == torch.sparse_csc:
+        if layout == torch.sparse_csc:
             return "torch's CPU product converts a CSC tensor to CSR every time: converted here (a copy of A)"
-        if a.layout == torch.sparse_coo and not a.is_coalesced():
+        if layout == torch.sparse_coo and not a.is_coalesced():
             return "an uncoalesced COO tensor is coalesced (a sorted copy of A's indices and values; torch's product would make it)"
         return None
 
     def converted_format(self, a: torch.Tensor) -> str:
+        if a.layout in (torch.sparse_bsr, torch.sparse_bsc) and not _square_blocks(a):
+            return "csr"
         return {torch.sparse_bsc: "bsr", torch.sparse_csc: "csr"}.get(a.layout, "coo (coalesced)")
 
     def convert(self, a: torch.Tensor) -> torch.Tensor:
-        if a.layout == torch.sparse_bsc:
-            return a.to_sparse_bsr(a.values().shape[1:])
-        return a.to_sparse_csr() if a.layout == torch.sparse_csc else a.coalesce()
+        return _multipliable(a)
 
     def transposed_format(self, fmt: str) -> str:
         return _TRANSPOSED[fmt.split(" ")[0]]
 
     def transpose_copy(self, a: torch.Tensor) -> Optional[str]:
-        if a.layout == torch.sparse_coo:
+        layout = a.layout
+        if layout == torch.sparse_coo:
             return "the transpose of a COO tensor is a new one, coalesced again (a copy of A's indices and values)"
-        if a.layout == torch.sparse_bsr:
+        if layout in (torch.sparse_bsr, torch.sparse_bsc) and not _square_blocks(a):
+            return f"torch's CPU product (MKL) takes square blocks only: {_BLOCKS_TO_CSR}"
+        if layout == torch.sparse_bsr:
             return "the transpose of a BSR tensor is BSC, which torch cannot multiply on the CPU: converted to BSR (a copy of A)"
-        if a.layout == torch.sparse_csr:
+        if layout == torch.sparse_csr:
             return "the transpose of a CSR tensor is CSC, which torch's CPU product converts to CSR every time: converted here (a copy of A)"
-        if a.layout == torch.sparse_bsc:
+        if layout == torch.sparse_bsc:
             return ("the transpose of a BSC tensor is a BSR view whose blocks are transposed views: torch's product copies "
                     "its values into contiguous blocks (a copy of A's values)")
         return None
 
     def transpose(self, a: torch.Tensor) -> torch.Tensor:
         t = a.t()  # csr <-> csc, bsr <-> bsc: views of the same arrays
-        if t.layout == torch.sparse_coo:
-            return t.coalesce()
-        if t.layout == torch.sparse_csc:
-            return t.to_sparse_csr()
-        return t.to_sparse_bsr(t.values().shape[1:]) if t.layout == torch.sparse_bsc else t
+        return t.coalesce() if t.layout == torch.sparse_coo else _multipliable(t)
 
     def reads(self, xc: torch.Tensor, fmt: str) -> bool:
         # What torch's CPU products read without a copy of their own (found with torch's
@@ -205,10 +207,32 @@ class TorchSparse(SparseKit):
         return built, (None if shared else "torch copied A's index or value arrays to build its tensor")
 
 
+_BLOCKS_TO_CSR = "A is converted to CSR (through COO: a copy of A)"
+
+
+def _square_blocks(a: torch.Tensor) -> bool:
+    """Whether a BSR or BSC tensor's blocks are square (its values are (nnz blocks, R, C))."""
+    shape = a.values().shape
+    return shape[1] == shape[2]
+
+
+def _multipliable(a: torch.Tensor) -> torch.Tensor:
+    """A compressed tensor in a layout torch's CPU product multiplies as it is: CSC as CSR,
+    BSC as BSR, blocks that are not square as CSR (each a copy of A); others as they are."""
+    layout = a.layout
+    if layout in (torch.sparse_bsr, torch.sparse_bsc) and not _square_blocks(a):
+        return a.to_sparse_coo().to_sparse_csr()
+    if layout == torch.sparse_bsc:
+        return a.to_sparse_bsr(a.values().shape[1:])
+    return a.to_sparse_csr() if layout == torch.sparse_csc else a
+
+
 def _layout_key(a: torch.Tensor) -> Optional[tuple]:
     layout = a.layout
     if layout is torch.sparse_coo:  # (only COO can hold dense dimensions in a 2-D tensor)
         return (layout, a.shape, a.dtype, a.device, a.dense_dim(), a.is_coalesced())
+    if layout is torch.sparse_bsr or layout is torch.sparse_bsc:  # (the blocks' shape decides the product)
+        return (layout, a.shape, a.dtype, a.device, a.values().shape[1:])
     return (layout, a.shape, a.dtype, a.device) if layout in _FORMATS else None
 
 

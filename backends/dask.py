@@ -144,10 +144,14 @@ class DaskAdapter:
         per_chunk = False
         zero = tuple(0 if i != ax else n for i in range(x.ndim)) if x.ndim > 1 else (n,)
         if x.numblocks[ax] > 1:
-            # y's dtype as the blocks' library promotes it (the home engine's, whichever computes)
-            y_dtype = _api.plan(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend="auto", op=op).dtype
-            y_itemsize = np.dtype(y_dtype).itemsize
-            if _sparse_kits.kit_of(a_template) is not None:
+            # y's dtype as the blocks' library promotes it (the home engine's, whichever computes);
+            # a sparse A's, as the asked engine's kit computes it (A may cross to no other engine)
+            sparse = _sparse_kits.kit_of(a_template) is not None
+            y_dtype = _api.plan(
+                a_template, _template(x._meta, zero, x.dtype), axis=ax, backend=engine_name if sparse else "auto", op=op
+            ).dtype
+            y_itemsize = np.dtype(str(y_dtype).removeprefix("torch.")).itemsize  # (the plan names it in its engine's terms)
+            if sparse:
                 per_chunk = self._sparse_whole_vectors(x, ax, copies, notes)
             else:
                 per_chunk = self._whole_vectors(x, ax, m, y_itemsize, copies, notes)

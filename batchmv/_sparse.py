@@ -212,7 +212,10 @@ def cross(kit: Any, a: Any, engine: Any, allow_copy: bool, copies: list[str]) ->
     target = next((_sparse_kits.get(s.name) for s in _registry.SPARSE.values() if s.engine == engine.name), None)
     parts = kit.parts(a)
     if target is None or parts is None or not target.assembles:
-        raise TypeError(f"the {engine.name} engine cannot take a {kit.name} sparse A ({kit.info(a).format}); use backend='{kit.engine}' or 'auto'")
+        raise TypeError(
+            f"the {engine.name} engine cannot take a {kit.name} sparse A ({kit.info(a).format}); use backend='{kit.engine}' "
+            "(A's own engine: x is shared with it, and the result handed back to x's library)"
+        )
     source = _registry.get_engine(kit.engine)
     names = ("row", "col", "data") if parts.format == "coo" else ("indptr", "indices", "data")
     arrays = tuple(

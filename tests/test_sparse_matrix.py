@@ -360,7 +360,7 @@ def run_case(rng: np.random.Generator, lib: str, case: dict) -> None:
 def params(lib: str, factors: dict, allowed: Callable, seed: int) -> list:
     cases = covering(factors, allowed, seed)
     return [
-        pytest.param(c, id="-".join(str(v) for v in c.values()), marks=[*known_bugs(lib, c), *needs(lib, c["x_lib"])])
+        pytest.param(c, id="-".join(str(v) for v in c.values()), marks=needs(lib, c["x_lib"]))
         for c in cases
     ]
 
@@ -371,20 +371,6 @@ def _has(lib: str) -> bool:
 
 def needs(lib: str, x_lib: str) -> list:
     return [support.needs(name) for name in sorted({lib, x_lib} - {"scipy", "numpy"})]
-
-
-#: a bug this matrix found (reported, not fixed here: the library code is being edited elsewhere)
-BCSR_CAST = pytest.mark.xfail(
-    strict=True, raises=AttributeError,
-    reason="backends/_sparse_jax.py _spmm casts A with a.astype(dtype), which jax's BCSR does not have "
-    "(BCOO does): a BCSR A whose dtype is not the result dtype raises AttributeError",
-)  # fmt: skip
-
-
-def known_bugs(lib: str, case: dict) -> list:
-    if lib == "jax" and case["fmt"] == "bcsr" and np.result_type(case["a_dtype"], case["x_dtype"]) != np.dtype(case["a_dtype"]):
-        return [BCSR_CAST]
-    return []
 
 
 #: the engine of A's library
@@ -459,13 +445,8 @@ def test_awkward_matrices(rng, lib, case):
 
 
 # -- blocks that are not square ------------------------------------------------------------------
-#: torch's CPU product for block formats is MKL's, which takes square blocks only
-NON_SQUARE = pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="a BSR/BSC A with non-square blocks computed by the torch engine (a torch A, or a scipy bsr A "
-    "shared with a torch x) raises torch's RuntimeError 'MKL Sparse doesn't support matrices with "
-    "non-square blocks': batchmv neither converts A (a reported copy) nor refuses it with its own error",
-)  # fmt: skip
+#: torch's CPU product for block formats is MKL's, which takes square blocks only: batchmv
+#: converts A to CSR (a reported copy of A)
 
 
 def _blocks() -> list:
@@ -482,9 +463,8 @@ def _blocks() -> list:
                 # the torch engine computes some product of every case with torch in it (scipy
                 # A, torch x: matvec by default, the prepared operator swapped; torch A, numpy
                 # x: the other way round); with nnz = 0 torch computes nothing
-                bug = [NON_SQUARE] if "torch" in (lib, x_lib) and case["matrix"] != "empty" else []
                 out.append(pytest.param(lib, case, id=f"{lib}-{fmt}-{block[0]}x{block[1]}-{op}-{x_lib}-{case['engine']}-{case['matrix']}",
-                                        marks=[*needs(lib, x_lib), *bug]))  # fmt: skip
+                                        marks=needs(lib, x_lib)))  # fmt: skip
     return out
 
 
@@ -495,17 +475,20 @@ def test_blocks_that_are_not_square(rng, lib, case):
 
 
 @support.needs("torch")
-@NON_SQUARE
 def test_torch_bsr_with_non_square_blocks():
-    """The minimal reproducer of :data:`NON_SQUARE` (scipy computes the same A; 2 x 2 blocks pass)."""
+    """torch's product takes square blocks only: (2, 3) blocks are converted to CSR, and the plan says so."""
     import torch
 
     values = np.arange(24.0).reshape(4, 6)
     x = np.arange(6.0)
     np.testing.assert_allclose(batchmv.matvec(sp.bsr_array(values, blocksize=(2, 3)), x), values @ x, rtol=1e-15)
     np.testing.assert_allclose(batchmv.matvec(torch.from_numpy(values).to_sparse_bsr((2, 2)), torch.from_numpy(x)).numpy(), values @ x, rtol=1e-15)
-    y = batchmv.matvec(torch.from_numpy(values).to_sparse_bsr((2, 3)), torch.from_numpy(x))
+    A = torch.from_numpy(values).to_sparse_bsr((2, 3))
+    y = batchmv.matvec(A, torch.from_numpy(x))
     np.testing.assert_allclose(y.numpy(), values @ x, rtol=1e-15)
+    assert "square blocks only" in batchmv.plan(A, torch.from_numpy(x)).copies[0]
+    with pytest.raises(batchmv.CopyRequiredError, match="square blocks"):
+        batchmv.matvec(A, torch.from_numpy(x), copy=False)
 
 
 def uncrossable() -> list:
@@ -532,23 +515,18 @@ def test_an_a_that_cannot_cross_is_refused_by_default():
 
 
 @support.needs("torch")
-@pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="_sparse.cross's refusal says \"use backend='<A's engine>' or 'auto'\", but 'auto' (the default) "
-    "routes to x's library's engine again and raises the same TypeError",
-)  # fmt: skip
-def test_the_refusals_advice_auto_works():
-    for A, x, _ in uncrossable():
-        with pytest.raises(TypeError) as err:
+def test_the_refusals_advice_works():
+    """The refusal of an A that cannot cross to x's engine names A's engine, and that works."""
+    for A, x, engine in uncrossable():
+        with pytest.raises(TypeError, match=f"use backend='{engine}'") as err:
             batchmv.matvec(A, x)
-        assert "or 'auto'" in str(err.value)  # the advice
-        batchmv.matvec(A, x, backend="auto")  # taken
+        assert "auto" not in str(err.value)
+        assert support.library_of_array(batchmv.matvec(A, x, backend=engine)) == support.library_of_array(x)  # taken
 
 
 @support.needs("jax")
-@BCSR_CAST
 def test_jax_bcsr_a_cast_to_the_result_dtype():
-    """The minimal reproducer of :data:`BCSR_CAST` (a BCOO A of the same values passes)."""
+    """A BCSR A cast to the result dtype (BCSR has no ``astype``; a BCOO A of the same values)."""
     import jax.numpy as jnp
     from jax.experimental import sparse
 
@@ -561,24 +539,13 @@ def test_jax_bcsr_a_cast_to_the_result_dtype():
 
 
 # -- a dask x --------------------------------------------------------------------------------
-DASK_RESULT_DTYPE = pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="backends/dask.py DaskAdapter._graph: for an x chunked along the vector axis it asks "
-    "_api.plan(..., backend='auto') for y's dtype, whatever backend was asked for; an A that only its own "
-    "engine takes (torch bsc, jax) then raises 'the numpy engine cannot take a ... sparse A', although "
-    "backend=<A's engine> (and a prepared operator) computes the same x unchunked along the axis",
-)  # fmt: skip
-
-
 def _dask_cases() -> list:
     out = []
     for lib, formats in (("scipy", SCIPY_FORMATS), ("torch", TORCH_FORMATS), ("jax", JAX_FORMATS)):
         for fmt in formats:
             for op in OPS:
                 chunked = ("batch", "axis")[len(out) % 2]
-                own_engine = lib == "jax" or fmt == "bsc"  # A does not cross to numpy's engine
-                bug = [DASK_RESULT_DTYPE] if own_engine and chunked == "axis" else []
-                out.append(pytest.param(lib, fmt, op, chunked, id=f"{lib}-{fmt}-{op}-chunked-{chunked}", marks=[*needs(lib, "numpy"), *bug]))
+                out.append(pytest.param(lib, fmt, op, chunked, id=f"{lib}-{fmt}-{op}-chunked-{chunked}", marks=needs(lib, "numpy")))
     return out
 
 
