@@ -262,6 +262,8 @@ class TorchEngine(StridedEngine):
         return copy.movedim(-1, axis)
 
     def c_order_copy(self, a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # (resolves lazy bits)
+        if a.dtype == dtype and not (a.is_conj() or a.is_neg()):
+            return a.clone(memory_format=torch.contiguous_format)  # (faster than empty + copy_ by a few us)
         copy = torch.empty(a.shape, dtype=dtype, device=a.device)
         copy.copy_(a)
         return copy
