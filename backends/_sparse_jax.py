@@ -62,7 +62,9 @@ class JaxSparse(SparseKit):
     def layout_key(self, a: Any) -> Optional[tuple]:
         if _is_tracer(a.data):
             return None
-        return (a.shape, a.data.dtype, a.indices.dtype, a.n_batch, a.n_dense, a.indices_sorted, a.unique_indices)
+        # (the leaves' shapes say the batch and dense dimensions, and jit compiles per shape anyway)
+        data, indices = a.data, a.indices
+        return (a.shape, data.shape, data.dtype, indices.shape, indices.dtype, a.indices_sorted, a.unique_indices)
 
     def expression_runner(self, call: Any) -> Callable[[Any, Any], Any]:
         """The program of :func:`_spmm` jitted on A's leaves (values and indices), with A's
