@@ -604,3 +604,14 @@ def traced_extra(fn: Any) -> tuple[int, Any]:
     finally:
         tracemalloc.stop()
     return peak - before, result
+
+
+def pool_growth(cp: Any, call: Any) -> tuple[Any, int]:
+    """(result, bytes cupy's memory pool grew by during ``call()``, beyond the result)."""
+    cp.cuda.Device().synchronize()
+    pool = cp.get_default_memory_pool()
+    pool.free_all_blocks()
+    before = pool.total_bytes()
+    y = call()
+    cp.cuda.Device().synchronize()
+    return y, pool.total_bytes() - before - y.nbytes

@@ -427,7 +427,7 @@ def test_cupy_adjoint_reads_a_in_place(a_order, dtype):
     """cuBLAS op C where it reads A's memory transposed (the adjoint of a Fortran-ordered A
     into a row-major y), x and y conjugated otherwise; the memory pool grows by at most x's
     size beyond y."""
-    from test_gpu import _need_cupy_gpu, _pool_growth
+    from test_gpu import _need_cupy_gpu
 
     _need_cupy_gpu()
     import cupy as cp
@@ -441,7 +441,7 @@ def test_cupy_adjoint_reads_a_in_place(a_order, dtype):
         assert plan.copies == () and plan.views[0].source == "A"
         assert plan.views[0].conj == (op == "H" and dtype != "float32" and a_order == "F"), plan
         batchmv.matvec(A, x, op=op)  # warm-up
-        y, grown = _pool_growth(cp, lambda op=op: batchmv.matvec(A, x, op=op))
+        y, grown = support.pool_growth(cp, lambda op=op: batchmv.matvec(A, x, op=op))
         assert grown <= (x.nbytes if plan.temporaries else 0) + 0.02 * A.nbytes, (op, grown)
         support.assert_matvec_close(y, support.reference(op_matrix(A, op), x, -1), support.magnitude(op_matrix(A, op), x, -1), 1024, dtype)
 

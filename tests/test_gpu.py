@@ -241,17 +241,6 @@ def test_cupy_integers_wrap_like_numpy():
     np.testing.assert_array_equal(cp.asnumpy(y), np.matmul(x, A.T))
 
 
-def _pool_growth(cp, call):
-    """(result, bytes the memory pool grew by during ``call()``, beyond the result)."""
-    cp.cuda.Device().synchronize()
-    pool = cp.get_default_memory_pool()
-    pool.free_all_blocks()
-    before = pool.total_bytes()
-    y = call()
-    cp.cuda.Device().synchronize()
-    return y, pool.total_bytes() - before - y.nbytes
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", CUPY_LAYOUTS)
 def test_cupy_makes_no_copy_by_the_memory_pool(layout):
@@ -264,17 +253,17 @@ def test_cupy_makes_no_copy_by_the_memory_pool(layout):
     A = a_of(cp, rng.standard_normal((1024, 1536), dtype=np.float32))
     x = x_of(cp, rng.standard_normal((4096, 1536), dtype=np.float32))
     batchmv.matvec(A, x, axis=axis)  # warm-up: cuBLAS handle and workspace
-    y, grown = _pool_growth(cp, lambda: batchmv.matvec(A, x, axis=axis))
+    y, grown = support.pool_growth(cp, lambda: batchmv.matvec(A, x, axis=axis))
     assert grown <= 0.02 * A.nbytes, f"the pool grew by {grown} B beyond the result ({A.nbytes} B in A)"
     _reference_check(y, A, x, axis, "float32", 1536)
 
     # positive control 1: batchmv on a layout that must be copied (vectors every other element)
     wide = cp.asarray(rng.standard_normal((4096, 2 * 1536), dtype=np.float32))[:, ::2]
     assert batchmv.plan(A, wide).copies
-    _, copied = _pool_growth(cp, lambda: batchmv.matvec(A, wide))
+    _, copied = support.pool_growth(cp, lambda: batchmv.matvec(A, wide))
     assert copied >= 0.9 * wide.size * 4, "the meter did not see the copy of x"
     if layout == "sliced, sliced":  # positive control 2: cupy.matmul copies the row slices
-        _, copied = _pool_growth(cp, lambda: cp.matmul(x, A.T))
+        _, copied = support.pool_growth(cp, lambda: cp.matmul(x, A.T))
         assert copied >= 0.9 * x.nbytes, "cupy.matmul did not copy the sliced operands (control failed)"
 
 

@@ -134,17 +134,6 @@ def test_the_native_formats_are_multiplied_without_copies(rng):
     assert batchmv.plan(_to_cupyx(csp, values, "csr"), cols, axis=0).copies[0].startswith("x: copied")
 
 
-def _pool_growth(cupy, call):
-    """(result, bytes the memory pool grew by during ``call()``, beyond the result)."""
-    cupy.cuda.Device().synchronize()
-    pool = cupy.get_default_memory_pool()
-    pool.free_all_blocks()
-    before = pool.total_bytes()
-    y = call()
-    cupy.cuda.Device().synchronize()
-    return y, pool.total_bytes() - before - y.nbytes
-
-
 @pytest.mark.gpu
 def test_no_copy_of_a_or_x_by_the_memory_pool(rng):
     """The pool grows by the result and cuSPARSE's workspace only; the positive control (x
@@ -156,11 +145,11 @@ def test_no_copy_of_a_or_x_by_the_memory_pool(rng):
     x = cupy.asarray(rng.standard_normal((k, n)))  # vectors along the last axis
     batchmv.matvec(A, x)  # warm-up: cuSPARSE handle, kernels
     data, indices = A.data.data.ptr, A.indices.data.ptr
-    y, grown = _pool_growth(cupy, lambda: batchmv.matvec(A, x))
+    y, grown = support.pool_growth(cupy, lambda: batchmv.matvec(A, x))
     assert grown < 0.25 * x.nbytes, f"the pool grew by {grown} B beyond the result ({x.nbytes} B in x)"
     assert (A.data.data.ptr, A.indices.data.ptr) == (data, indices)
     cols = cupy.ascontiguousarray(x.T)  # vectors in the columns of C order: copied
-    _, copied = _pool_growth(cupy, lambda: batchmv.matvec(A, cols, axis=0))
+    _, copied = support.pool_growth(cupy, lambda: batchmv.matvec(A, cols, axis=0))
     assert copied >= 0.9 * x.nbytes, "the meter did not see the copy of x"
     expected = (A @ cupy.asfortranarray(x.T)).T  # cupyx's own product (A is 3.2 GB dense)
     assert float(cupy.abs(y - expected).max()) <= 1e-12 * float(cupy.abs(expected).max())
