@@ -157,10 +157,13 @@ def _kernel(call: Any, kind: str) -> Optional[Callable[[Any, int, np.ndarray, np
     ("matvec": one vector; "matvecs": k of them, x and y C-ordered (n, k) and (m, k) arrays
     given flat) on A's arrays as they are at each call, for the call's format and op; None
     where scipy's own product must cast (index arrays of two dtypes, values of another
-    dtype than the result) or where there is no such kernel."""
+    dtype than the result), where there is no such kernel, and for a subclass of scipy's
+    classes (whose own product may differ: it is called)."""
     a, (rows, cols) = call.a, call.info.shape
     fmt, transpose = call.info.format, call.op in ("T", "H")
     if _sparsetools is None or a.data.dtype != call.dtype or len({i.dtype for i in _index_arrays(a)}) != 1:
+        return None
+    if not type(a).__module__.startswith("scipy.sparse"):
         return None
     one = kind == "matvec"
     if fmt == "coo":

@@ -30,6 +30,8 @@ _FORMATS = {
 #: the format op(A) is multiplied in for op "T"/"H" (CSC and BSC are converted; see transpose)
 _TRANSPOSED = {"coo": "coo", "csr": "csr", "csc": "csr", "bsr": "bsr", "bsc": "bsr"}
 _compiling = torch.compiler.is_compiling
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
+_MKL = torch.backends.mkl.is_available()
 _DTYPES = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128})
 _BUILD = {"csr": torch.sparse_csr_tensor, "csc": torch.sparse_csc_tensor, "bsr": torch.sparse_bsr_tensor}
 
@@ -52,7 +54,7 @@ class TorchSparse(SparseKit):
     kernel = "torch.sparse.mm / torch.matmul / torch.mv (one sparse-times-strided product)"
     layout_need = (
         "torch's CSR/BSR product reads the vectors as the columns of an (n, k) array with unit stride along its "
-        "rows, one vector contiguous (it copies any other layout itself)"
+        "rows, one vector contiguous, and no product reads a lazy conjugate or negative bit (it copies x itself)"
     )
 
     def is_sparse(self, a: torch.Tensor) -> bool:
@@ -112,6 +114,18 @@ class TorchSparse(SparseKit):
     def convert(self, a: torch.Tensor) -> torch.Tensor:
         return _multipliable(a)
 
+    def product_copies(self, a: torch.Tensor, fmt: str) -> tuple[str, ...]:
+        # MKL's sparse routines, as torch's CPU wheels link them, take 32-bit indices: torch
+        # casts int64 ones (its default) in every CSR/BSR product (aten::_to_copy)
+        if fmt not in ("csr", "bsr") or not _MKL:
+            return ()
+        first = a.crow_indices() if a.layout in (torch.sparse_csr, torch.sparse_bsr) else (
+            a.ccol_indices() if a.layout in (torch.sparse_csc, torch.sparse_bsc) else None)  # fmt: skip
+        if first is not None and first.dtype == torch.int32 and (a.layout not in (torch.sparse_bsr, torch.sparse_bsc) or _square_blocks(a)):
+            return ()
+        return ("torch's CPU product (MKL, 32-bit indices) casts A's int64 index arrays to int32 on every call "
+                "(a copy of A's indices; A with int32 indices avoids it)",)
+
     def transposed_format(self, fmt: str) -> str:
         return _TRANSPOSED[fmt.split(" ")[0]]
 
@@ -138,7 +152,10 @@ class TorchSparse(SparseKit):
         # What torch's CPU products read without a copy of their own (found with torch's
         # profiler: aten::clone of x): the COO product any strides; the CSR and BSR product
         # row-major columns (unit stride along the vectors' batch), and torch.mv, which
-        # runs one vector, a contiguous vector.
+        # runs one vector, a contiguous vector; none of them reads a lazy conjugate or
+        # negative bit in place.
+        if xc.is_conj() or xc.is_neg():
+            return False  # (every product resolves a lazy bit of x into a copy first)
         if fmt == "coo":
             return True
         n, k = xc.shape
@@ -158,8 +175,9 @@ class TorchSparse(SparseKit):
         return None if _compiling() else _layout_key(a)
 
     def layout_keys(self, a: torch.Tensor, x: torch.Tensor, engine: Any) -> Optional[tuple]:
-        # the torch engine's layout_key of x, read inline (one compiler check, no call)
-        if _compiling() or x.layout is not torch.strided:
+        # the torch engine's layout_key of x, read inline (one compiler check, no call); none
+        # under a torch.func transform, which a sparse A refuses (the checks say so every time)
+        if _compiling() or x.layout is not torch.strided or _is_wrapped(x):
             return None
         layout_a = _layout_key(a)
         if layout_a is None:

@@ -109,6 +109,9 @@ def build(
     home, engine = _registry.get_engine(home_name), _registry.get_engine(name)
     x_h = _arrays.to_home(x, "x", home, allow_copy, copies)
     x_e = x_h if engine is home else _arrays.share(engine, x_h, home, "x", allow_copy, copies)
+    # (before A is looked at: torch's transforms refuse that too)
+    if engine.strided and engine.in_transform(x_e, *((a,) if kit.engine == engine.name else ())):
+        raise TypeError(f"a sparse A cannot be multiplied under a {engine.name} transform (vmap/grad of x or A)")
     kit_e, a_e = cross(kit, a, engine, allow_copy, copies)
     info = kit_e.info(a_e)
     ax, y_shape = check_shapes(op_shape(info.shape, op), engine.shape(x_e), axis)
@@ -125,8 +128,6 @@ def build(
     tracks = engine.tracks_graph(x_e) or kit_e.tracks_graph(a_e)
     if tracks and out is not None:
         raise ValueError("out= cannot be used when A or x requires grad: the result must stay in the autograd graph")
-    if engine.strided and engine.in_transform(x_e):
-        raise TypeError(f"a sparse A cannot be multiplied under a {engine.name} transform (vmap/grad of x)")
     xc, temporaries = None, []
     if kit_e.strided:
         xc, why = _columns_view(engine, kit_e, x_e, ax, dtype, fmt)
@@ -181,6 +182,7 @@ def _operand_steps(kit: Any, a: Any, info: SparseInfo, op: str, dtype: Any, copi
         if why:
             copies.append(f"A: {why}")
         fmt = f"{kit.transposed_format(fmt)} (A^T: {'a copy' if why else 'a view of'} A's {fmt} arrays)"
+    copies.extend(f"A: {why}" for why in kit.product_copies(a, fmt.split(" ")[0]))
     if info.dtype != dtype:
         steps.append("cast")
         copies.append(f"A: values cast from {kit.dtype_name(info.dtype)} to the result dtype {kit.dtype_name(dtype)} (a copy of A)")

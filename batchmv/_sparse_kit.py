@@ -86,6 +86,11 @@ class SparseKit:
     def convert(self, a: Any) -> Any:
         raise NotImplementedError
 
+    def product_copies(self, a: Any, fmt: str) -> tuple[str, ...]:
+        """What the library's product copies of A by itself on every call, computing in
+        format ``fmt`` (of op(A), after the steps), each said as a copy of A."""
+        return ()
+
     def transposed_format(self, fmt: str) -> str:
         raise NotImplementedError
 

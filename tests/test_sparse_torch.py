@@ -64,7 +64,7 @@ def test_x_is_read_in_place_where_torch_reads_it(rng):
     import torch
 
     values = dense(rng, "float64")
-    csr, coo = to_torch(values, "csr"), to_torch(values, "coo")
+    csr, coo = to_torch(values, "csr", "int32"), to_torch(values, "coo")
     columns = torch.randn(N, 5, dtype=torch.float64)  # vectors in columns: (n, k) row-major
     assert batchmv.plan(csr, columns, axis=0).copies == ()
     assert batchmv.plan(csr, torch.randn(N, 10, dtype=torch.float64)[:, :5], axis=0).copies == ()  # rows padded
@@ -79,8 +79,8 @@ def test_x_is_read_in_place_where_torch_reads_it(rng):
     assert batchmv.plan(csr, middle, axis=1).copies[0].startswith("x: copied")
 
 
-CONVERSIONS = ("aten::clone", "aten::contiguous", "aten::to_sparse_csr", "aten::_to_sparse_csr", "aten::to_sparse_bsr",
-               "aten::_to_sparse_bsr", "aten::coalesce", "aten::_coalesce")  # fmt: skip
+CONVERSIONS = ("aten::clone", "aten::contiguous", "aten::resolve_conj", "aten::to_sparse_csr", "aten::_to_sparse_csr",
+               "aten::to_sparse_bsr", "aten::_to_sparse_bsr", "aten::coalesce", "aten::_coalesce", "aten::_to_copy")  # fmt: skip
 
 
 def copies_seen(fn) -> set[str]:
@@ -93,28 +93,70 @@ def copies_seen(fn) -> set[str]:
     return {e.key for e in prof.key_averages() if e.key in CONVERSIONS}
 
 
+@pytest.mark.parametrize("index", ["int32", "int64"])
 @pytest.mark.parametrize("op", ["N", "T"])
 @pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "bsr", "bsc"])
-def test_torch_copies_nothing_the_plan_does_not_report(rng, fmt, op):
+def test_torch_copies_nothing_the_plan_does_not_report(rng, fmt, op, index):
     """Seen by torch's profiler: where the plan reports no copy of A, torch converts
-    nothing of A; where it reports no copy of x, torch copies nothing of x."""
+    nothing of A (nor casts its indices); where it reports no copy at all, torch copies
+    nothing."""
     import torch
 
     values = dense(rng, "float64")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        A = to_torch(values, fmt)
+        A = to_torch(values, fmt, index)
         for shape, axis in (((N, 4), 0), ((4, N), -1), ((N,), 0), ((1, N), -1)):
             x = torch.randn(tuple(M if s == N and op == "T" else s for s in shape), dtype=torch.float64)
             copies = batchmv.plan(A, x, axis=axis, op=op).copies
             seen = copies_seen(lambda: batchmv.matvec(A, x, axis=axis, op=op))
             if not any(c.startswith("A:") for c in copies):
-                assert not seen & set(CONVERSIONS[2:]), (shape, seen)
+                assert not seen & set(CONVERSIONS[3:]), (shape, seen)
             if not copies:  # (a conversion of A clones arrays of A's too)
                 assert not seen, (shape, seen)
-    # positive controls: torch's own products convert a CSC A, and copy x's transpose
-    assert "aten::to_sparse_csr" in copies_seen(lambda: to_torch(values, "csc") @ torch.randn(N, 4, dtype=torch.float64))
-    assert "aten::clone" in copies_seen(lambda: to_torch(values, "csr") @ torch.randn(4, N, dtype=torch.float64).T)
+    # positive controls: torch's own products convert a CSC A, cast int64 indices, copy x's transpose
+    assert "aten::to_sparse_csr" in copies_seen(lambda: to_torch(values, "csc", "int32") @ torch.randn(N, 4, dtype=torch.float64))
+    assert "aten::_to_copy" in copies_seen(lambda: to_torch(values, "csr", "int64") @ torch.randn(N, 4, dtype=torch.float64))
+    assert "aten::clone" in copies_seen(lambda: to_torch(values, "csr", "int32") @ torch.randn(4, N, dtype=torch.float64).T)
+
+
+def test_lazy_bits_of_x_and_int64_indices_are_reported_copies(rng):
+    """torch resolves a conjugate bit of x into a copy inside its products, and casts
+    int64 indices of a CSR/BSR A to int32 (MKL): the plan reports both, copy=False refuses
+    them, and A with int32 indices and x without bits copy nothing."""
+    import torch
+
+    values = dense(rng, "complex128")
+    x = torch.from_numpy(support.random_values(rng, (N, 3), "complex128"))
+    A32, A64 = to_torch(values, "csr", "int32"), to_torch(values, "csr", "int64")
+    assert batchmv.plan(A32, x, axis=0).copies == ()
+    assert batchmv.plan(A32, x.conj(), axis=0).copies[0].startswith("x: copied")
+    assert "int64 index arrays" in batchmv.plan(A64, x, axis=0).copies[0]
+    for A, v in ((A32, x.conj()), (A64, x)):
+        with pytest.raises(batchmv.CopyRequiredError):
+            batchmv.matvec(A, v, axis=0, copy=False)
+        for _ in range(2):  # (the second call remembered)
+            y = batchmv.matvec(A, v, axis=0)
+            vn = v.resolve_conj().numpy()
+            support.assert_matvec_close(y, support.reference(values, vn, 0), support.magnitude(values, vn, 0), N, "complex128")
+    assert copies_seen(lambda: batchmv.matvec(A32, x, axis=0)) == set()
+
+
+@pytest.mark.parametrize("fmt", ["csr", "coo", "bsr"])
+def test_a_transform_is_refused_after_a_remembered_call_too(rng, fmt):
+    """A sparse A under torch.func.vmap/grad is refused whether or not a call of the same
+    layouts was remembered before."""
+    import torch
+
+    A = to_torch(dense(rng, "float64"), fmt, "int32" if fmt != "coo" else "int64")
+    X = torch.randn(3, N, dtype=torch.float64)
+    for warm in (False, True):
+        if warm:
+            batchmv.matvec(A, X[0]), batchmv.matvec(A, X[0])
+        with pytest.raises(TypeError, match="transform"):
+            torch.func.vmap(lambda v: batchmv.matvec(A, v))(X)
+        with pytest.raises(TypeError, match="transform"):
+            torch.func.grad(lambda v: batchmv.matvec(A, v).sum())(X[0])
 
 
 def test_transposes_are_views_or_reported_copies(rng):
@@ -123,11 +165,11 @@ def test_transposes_are_views_or_reported_copies(rng):
     values = dense(rng, "float64")
     xt = torch.randn(M, 3, dtype=torch.float64)
     # CSC^T is a CSR view, multiplied as it is; CSR^T is CSC, which torch would convert every call
-    assert batchmv.plan(to_torch(values, "csc"), xt, axis=0, op="T").copies == ()
-    assert batchmv.plan(to_torch(values, "csc"), xt, axis=0, op="T").format.startswith("csr (A^T: a view")
-    assert "CSR tensor is CSC" in batchmv.plan(to_torch(values, "csr"), xt, axis=0, op="T").copies[0]
+    assert batchmv.plan(to_torch(values, "csc", "int32"), xt, axis=0, op="T").copies == ()
+    assert batchmv.plan(to_torch(values, "csc", "int32"), xt, axis=0, op="T").format.startswith("csr (A^T: a view")
+    assert "CSR tensor is CSC" in batchmv.plan(to_torch(values, "csr", "int32"), xt, axis=0, op="T").copies[0]
     with pytest.raises(batchmv.CopyRequiredError, match="CSC"):
-        batchmv.matvec(to_torch(values, "csr"), xt, axis=0, op="T", copy=False)
+        batchmv.matvec(to_torch(values, "csr", "int32"), xt, axis=0, op="T", copy=False)
     assert "transpose of a COO tensor" in batchmv.plan(to_torch(values, "coo"), xt, axis=0, op="T").copies[0]
     with pytest.raises(batchmv.CopyRequiredError, match="BSC"):
         batchmv.matvec(to_torch(values, "bsc"), torch.randn(3, N, dtype=torch.float64), copy=False)
@@ -208,8 +250,10 @@ def test_scipy_a_with_torch_x_shares_its_arrays(rng, fmt, index):
     A = make(values, fmt, index)
     x = torch.randn(N, 4, dtype=torch.float64)  # vectors in columns: the (n, k) view torch reads in place
     copies = batchmv.plan(A, x, axis=0).copies
-    # torch's product converts CSC to CSR: batchmv does, and says so; the others copy nothing
-    assert copies == () if fmt != "csc" else (len(copies) == 1 and "CSC tensor to CSR" in copies[0])
+    # torch's product converts CSC to CSR (batchmv does, and says so) and casts int64 indices
+    # to int32 (said so); the others copy nothing
+    assert ("CSC tensor to CSR" in copies[0]) if fmt == "csc" else (not copies or "int64 index" in copies[0])
+    assert len(copies) == (fmt == "csc") + (index == "int64")
     y = batchmv.matvec(A, x, axis=0)
     assert isinstance(y, torch.Tensor)
     support.assert_matvec_close(y, support.reference(values, x, 0), support.magnitude(values, x, 0), N, "float64")
