@@ -4,7 +4,8 @@ engine (``batchmv.backends._sparse_<library>``); :mod:`batchmv._sparse` uses the
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 
 class SparseInfo(NamedTuple):
