@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -615,3 +616,26 @@ def pool_growth(cp: Any, call: Any) -> tuple[Any, int]:
     y = call()
     cp.cuda.Device().synchronize()
     return y, pool.total_bytes() - before - y.nbytes
+
+
+def keys_holding(graph: dict, nbytes: int) -> list:
+    """Keys of a dask graph whose pickled value is at least ``nbytes`` long."""
+    return [k for k, v in graph.items() if len(pickle.dumps(v)) >= nbytes]
+
+
+def graph_sizes(A: Any, nbytes: int) -> tuple[dict[int, int], Any, Any]:
+    """``batchmv.matvec(A, x)`` on dask x's of 2 and 200 blocks (5 vectors of length 600
+    each): checks that one key of each graph holds A (its pickled value is at least
+    ``nbytes / 2`` long) and that y has x's blocks; returns ({blocks: pickled graph bytes},
+    the last y, its x)."""
+    import dask.array as da
+
+    sizes = {}
+    for blocks in (2, 200):
+        x = da.random.default_rng(0).random((blocks * 5, 600), chunks=(5, 600))
+        y = batchmv.matvec(A, x)
+        graph = dict(y.__dask_graph__())
+        sizes[blocks] = len(pickle.dumps(graph))
+        assert len(keys_holding(graph, nbytes // 2)) == 1  # one key holds A
+        assert y.npartitions == blocks
+    return sizes, y, x

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 import batchmv
+import support
 
 da = pytest.importorskip("dask.array")
 import dask  # noqa: E402
@@ -164,11 +164,6 @@ def _graph(y):
     return dict(y.__dask_graph__())
 
 
-def _keys_holding(graph, nbytes):
-    """Keys whose pickled value is at least ``nbytes`` long."""
-    return [k for k, v in graph.items() if len(pickle.dumps(v)) >= nbytes]
-
-
 @pytest.mark.parametrize("kind", ["numpy", "torch", "dask"])
 def test_A_enters_the_graph_once(rng, kind):
     An = rng.standard_normal((1000, 600))  # 4.8 MB
@@ -179,14 +174,7 @@ def test_A_enters_the_graph_once(rng, kind):
         A = da.from_array(An, chunks=An.shape)
     else:
         A = An
-    sizes = {}
-    for blocks in (2, 200):
-        x = da.random.default_rng(0).random((blocks * 5, 600), chunks=(5, 600))
-        y = batchmv.matvec(A, x)
-        graph = _graph(y)
-        sizes[blocks] = len(pickle.dumps(graph))
-        assert len(_keys_holding(graph, An.nbytes // 2)) == 1  # one key holds A
-        assert y.npartitions == blocks
+    sizes, y, x = support.graph_sizes(A, An.nbytes)
     assert sizes[200] < An.nbytes * 1.2  # A once, not per block
     assert sizes[200] - sizes[2] < An.nbytes / 8  # the graph grows by tasks only, not by A
     np.testing.assert_allclose(_compute(y)[:5], x[:5].compute() @ An.T, rtol=1e-12)
@@ -281,7 +269,7 @@ def test_local_cluster_results_and_A_sent_once(rng, watchdog):
     y = batchmv.matvec(An, x)
     ref = _compute(y)
     np.testing.assert_allclose(ref, _compute(x) @ An.T, rtol=1e-10, atol=1e-10)
-    (a_key,) = [k for k in _keys_holding(_graph(y), An.nbytes // 2)]
+    (a_key,) = [k for k in support.keys_holding(_graph(y), An.nbytes // 2)]
     A_small = rng.standard_normal((8, 400))  # x chunked along n: multiplied per chunk
     y_per_chunk = batchmv.matvec(A_small, x.rechunk((500, 100)))
     (small_key,) = [k for k in _graph(y_per_chunk) if str(k).startswith("batchmv-A-")]

@@ -3,7 +3,6 @@ chunked along the vector axis is rechunked (reported); results against a float64
 
 from __future__ import annotations
 
-import pickle
 
 import numpy as np
 import pytest
@@ -14,11 +13,6 @@ import support
 da = pytest.importorskip("dask.array")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # (torch: "beta" sparse CSR)
 sp = pytest.importorskip("scipy.sparse")
-
-
-def _keys_holding(graph, nbytes):
-    """Keys whose pickled value is at least ``nbytes`` long."""
-    return [k for k, v in graph.items() if len(pickle.dumps(v)) >= nbytes]
 
 
 @pytest.mark.parametrize("kind", ["scipy", "torch"])
@@ -32,14 +26,7 @@ def test_sparse_a_enters_the_graph_once(rng, kind):
         A_in = torch.sparse_csr_tensor(*(torch.from_numpy(v) for v in (A.indptr, A.indices, A.data)), A.shape)
     else:
         A_in = A
-    sizes = {}
-    for blocks in (2, 200):
-        x = da.random.default_rng(0).random((blocks * 5, 600), chunks=(5, 600))
-        y = batchmv.matvec(A_in, x)
-        graph = dict(y.__dask_graph__())
-        sizes[blocks] = len(pickle.dumps(graph))
-        assert len(_keys_holding(graph, stored // 2)) == 1  # one key holds A
-        assert y.npartitions == blocks
+    sizes, y, x = support.graph_sizes(A_in, stored)
     assert sizes[200] < stored * 1.3  # A once, not per block
     assert sizes[200] - sizes[2] < stored / 4  # the graph grows by tasks only
     got = y.compute(scheduler="threads")
