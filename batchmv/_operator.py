@@ -4,6 +4,7 @@ products, ``@``, and a JAX pytree whose one leaf is A."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 from . import _arrays, _cache, _call, _linop, _registry, _run, _select, _sparse, _sparse_kits
@@ -60,9 +61,20 @@ class MatVec(_linop.LinearOperatorMixin):
         self._shared = shared
         self._runners = _cache.Runners(_MAX_LAYOUTS)
         self._remembered = self._runners.get
-        self._layout_key = engine.layout_key  # A's layout is checked once, here
+        self._layout_key = self._x_key(engine, shared)
         self._family = family  # the operators on this A, one per op (T and H return them)
         family[op] = self
+
+    @staticmethod
+    def _x_key(engine: Any, shared: Any) -> Any:
+        """``key(x)``: the layouts a call on x is remembered under (None: not remembered).
+        x's alone: A's layout is checked once, when it is prepared."""
+        return engine.layout_key
+
+    @property
+    def _lazy_a(self) -> Any:
+        """A as a lazy collection's adapter (dask) takes it: A itself."""
+        return self.A
 
     def _with_op(self, op: str) -> MatVec:
         other = self._family.get(op)
@@ -109,7 +121,7 @@ class MatVec(_linop.LinearOperatorMixin):
         shared = self._shared
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
-            return adapter.matvec(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
+            return adapter.matvec(self._lazy_a, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
         call = self._build(x, axis, out)
         run = self._runners.remember(key, call, shared, x) if key is not None else None
         return run(shared, x) if run is not None else _run.execute(call)
@@ -118,7 +130,7 @@ class MatVec(_linop.LinearOperatorMixin):
         """What ``self(x, axis=axis, out=out)`` does, computing nothing."""
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:
-            return adapter.plan(self.A, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
+            return adapter.plan(self._lazy_a, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
         return describe(self._build(x, axis, out))
 
     def _build(self, x: Any, axis: int, out: Any) -> Any:
@@ -162,32 +174,16 @@ class SparseMatVec(MatVec):
         self._set(A, engine, shared, copy, "N", {})
         _linop.register_with_jax(type(self))
 
-    def __call__(self, x: Any, *, axis: int = -1, out: Any = None) -> Any:
-        """``matvec(A, x, axis=axis, out=out, op=self.op)`` on the prepared engine."""
-        shared, key = self._shared, None
-        if out is None and type(axis) is int:
-            layouts = _cache.sparse_layouts(shared, x)  # (A's too: a sparse A changes in place)
-            if layouts is not None:
-                key = (type(x), layouts, axis)
-                run = self._remembered(key)
-                if run is not None:
-                    try:
-                        return run(shared, x)
-                    except Exception:  # noqa: BLE001 - what the key leaves out (devices): the checks say
-                        pass
-        adapter = _registry.adapter_for(type(x))
-        if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
-            return adapter.matvec(shared, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
-        call = self._build(x, axis, out)
-        run = self._runners.remember(key, call, shared, x) if key is not None else None
-        return run(shared, x) if run is not None else _run.execute(call)
+    @staticmethod
+    def _x_key(engine: Any, shared: Any) -> Any:
+        """A's layout with x's: a sparse A can change its layout in place (scipy's
+        ``resize``, ``sum_duplicates``)."""
+        return functools.partial(_cache.sparse_layouts, shared)
 
-    def plan(self, x: Any, *, axis: int = -1, out: Any = None) -> Plan:
-        """What ``self(x, axis=axis, out=out)`` does, computing nothing."""
-        adapter = _registry.adapter_for(type(x))
-        if adapter is not None:
-            return adapter.plan(self._shared, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
-        return describe(self._build(x, axis, out))
+    @property
+    def _lazy_a(self) -> Any:
+        """A as shared with the engine (its index and value arrays in the engine's library)."""
+        return self._shared
 
     def _build(self, x: Any, axis: int, out: Any) -> Any:
         return _call.build(self._shared, x, axis, out, None, self.copy, op=self.op, engine=self.backend)
