@@ -96,7 +96,7 @@ class TorchSparse(SparseKit):
         if op in ("T", "H"):
             return None  # (transpose_copy says what A^T costs: a view, or a copy that converts)
         layout = a.layout
-        if layout in (torch.sparse_bsr, torch.sparse_bsc) and not _square_blocks(a):
+        if _oblong_blocks(a):
             return f"torch's CPU product (MKL) takes square blocks only: {_BLOCKS_TO_CSR}"
         if layout == torch.sparse_bsc:
             return "torch has no CPU product for a BSC tensor: converted to BSR (a copy of A)"
@@ -107,7 +107,7 @@ class TorchSparse(SparseKit):
         return None
 
     def converted_format(self, a: torch.Tensor) -> str:
-        if a.layout in (torch.sparse_bsr, torch.sparse_bsc) and not _square_blocks(a):
+        if _oblong_blocks(a):
             return "csr"
         return {torch.sparse_bsc: "bsr", torch.sparse_csc: "csr"}.get(a.layout, "coo (coalesced)")
 
@@ -119,9 +119,7 @@ class TorchSparse(SparseKit):
         # casts int64 ones (its default) in every CSR/BSR product (aten::_to_copy)
         if fmt not in ("csr", "bsr") or not _MKL:
             return ()
-        first = a.crow_indices() if a.layout in (torch.sparse_csr, torch.sparse_bsr) else (
-            a.ccol_indices() if a.layout in (torch.sparse_csc, torch.sparse_bsc) else None)  # fmt: skip
-        if first is not None and first.dtype == torch.int32 and (a.layout not in (torch.sparse_bsr, torch.sparse_bsc) or _square_blocks(a)):
+        if _arrays(a)[0].dtype == torch.int32 and not _oblong_blocks(a):  # (those go to CSR through COO: int64)
             return ()
         return ("torch's CPU product (MKL, 32-bit indices) casts A's int64 index arrays to int32 on every call "
                 "(a copy of A's indices; A with int32 indices avoids it)",)
@@ -133,7 +131,7 @@ class TorchSparse(SparseKit):
         layout = a.layout
         if layout == torch.sparse_coo:
             return "the transpose of a COO tensor is a new one, coalesced again (a copy of A's indices and values)"
-        if layout in (torch.sparse_bsr, torch.sparse_bsc) and not _square_blocks(a):
+        if _oblong_blocks(a):
             return f"torch's CPU product (MKL) takes square blocks only: {_BLOCKS_TO_CSR}"
         if layout == torch.sparse_bsr:
             return "the transpose of a BSR tensor is BSC, which torch cannot multiply on the CPU: converted to BSR (a copy of A)"
@@ -228,17 +226,20 @@ class TorchSparse(SparseKit):
 _BLOCKS_TO_CSR = "A is converted to CSR (through COO: a copy of A)"
 
 
-def _square_blocks(a: torch.Tensor) -> bool:
-    """Whether a BSR or BSC tensor's blocks are square (its values are (nnz blocks, R, C))."""
+def _oblong_blocks(a: torch.Tensor) -> bool:
+    """Whether ``a`` is a BSR or BSC tensor whose blocks are not square (its values are
+    (nnz blocks, R, C)): MKL's product takes square ones only."""
+    if a.layout is not torch.sparse_bsr and a.layout is not torch.sparse_bsc:
+        return False
     shape = a.values().shape
-    return shape[1] == shape[2]
+    return shape[1] != shape[2]
 
 
 def _multipliable(a: torch.Tensor) -> torch.Tensor:
     """A compressed tensor in a layout torch's CPU product multiplies as it is: CSC as CSR,
     BSC as BSR, blocks that are not square as CSR (each a copy of A); others as they are."""
     layout = a.layout
-    if layout in (torch.sparse_bsr, torch.sparse_bsc) and not _square_blocks(a):
+    if _oblong_blocks(a):
         return a.to_sparse_coo().to_sparse_csr()
     if layout == torch.sparse_bsc:
         return a.to_sparse_bsr(a.values().shape[1:])
