@@ -248,11 +248,15 @@ def _multipliable(a: torch.Tensor) -> torch.Tensor:
 
 def _layout_key(a: torch.Tensor) -> Optional[tuple]:
     layout = a.layout
-    if layout is torch.sparse_coo:  # (only COO can hold dense dimensions in a 2-D tensor)
+    if layout is torch.sparse_coo:  # (only COO can hold dense dimensions in a 2-D tensor; int64 indices only)
         return (layout, a.shape, a.dtype, a.device, a.dense_dim(), a.is_coalesced())
-    if layout is torch.sparse_bsr or layout is torch.sparse_bsc:  # (the blocks' shape decides the product)
-        return (layout, a.shape, a.dtype, a.device, a.values().shape[1:])
-    return (layout, a.shape, a.dtype, a.device) if layout in _FORMATS else None
+    if layout not in _FORMATS:
+        return None
+    # the index dtype: MKL's products cast int64 indices (a copy: product_copies)
+    compressed = a.crow_indices() if layout is torch.sparse_csr or layout is torch.sparse_bsr else a.ccol_indices()
+    if layout is torch.sparse_csr or layout is torch.sparse_csc:
+        return (layout, a.shape, a.dtype, a.device, compressed.dtype)
+    return (layout, a.shape, a.dtype, a.device, compressed.dtype, a.values().shape[1:])  # (blocks' shape: the product)
 
 
 KIT = TorchSparse

@@ -5,6 +5,7 @@ key) all give the right result.  Against float64/complex128 dense references."""
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 import batchmv
 import support
+from batchmv import _cache
 from test_sparse import M, N, dense, make, op_of
 
 sp = pytest.importorskip("scipy.sparse")
@@ -185,3 +187,59 @@ def test_a_scipy_subclass_keeps_its_own_product(rng):
     for x in (rng.standard_normal(N), rng.standard_normal(N), rng.standard_normal((N, 3)), rng.standard_normal((N, 3))):
         np.testing.assert_allclose(batchmv.matvec(A, x, axis=0), A @ x, rtol=1e-14)
         np.testing.assert_allclose(A @ x, 2 * (values @ x), rtol=1e-14)  # (the override is there to see)
+
+
+def variants(lib: str, values: np.ndarray) -> list:
+    """Sparse matrices of ``values`` (same shape, same dtype) that differ in everything else
+    a call's plan may depend on: format, index dtypes, blocks, COO's coalesced state,
+    scipy's array or matrix class, jax's sorted-indices flag."""
+    if lib == "scipy":
+        out = [make(values, f, i, k) for f in ("csr", "csc", "coo", "bsr") for i in ("int32", "int64") for k in ("sparray", "spmatrix")]
+        c = sp.csr_array(values)  # index arrays of two dtypes
+        return [*out, sp.csr_array((c.data, c.indices.astype("int32"), c.indptr.astype("int64")), shape=values.shape)]
+    if lib == "torch":
+        import torch
+        from test_sparse_torch import to_torch
+
+        out = [to_torch(values, f, i) for f in ("csr", "csc", "bsr", "bsc") for i in ("int32", "int64")]
+        t, coo = torch.from_numpy(values), torch.from_numpy(values).to_sparse()
+        not_coalesced = torch.sparse_coo_tensor(coo.indices(), coo.values(), coo.shape)
+        return [*out, coo, not_coalesced, t.to_sparse_bsr((2, 4)), t.to_sparse_bsc((2, 4))]  # (oblong blocks)
+    support.need("jax")
+    from jax.experimental import sparse as jsparse
+
+    bcoo = jsparse.BCOO.fromdense(values)
+    unsorted = jsparse.BCOO((bcoo.data, bcoo.indices), shape=bcoo.shape, indices_sorted=False, unique_indices=False)
+    return [bcoo, unsorted, jsparse.BCSR.fromdense(values)]
+
+
+@pytest.mark.parametrize("op", ["N", "H"])
+@pytest.mark.parametrize("lib", ["scipy", "torch", "jax"])
+def test_a_remembered_call_is_taken_only_by_matrices_checked_alike(rng, lib, op):
+    """For every ordered pair of matrices of the same values (:func:`variants`), the second,
+    called with ``copy=False`` after the first was remembered with it, raises exactly when its
+    own plan lists a copy, and otherwise gives the right result: a remembered call is never
+    taken by an A whose call the checks would build differently (a torch CSR A with int64
+    indices after one with int32 indices ran MKL's index cast, unreported)."""
+    dtype = "float32" if lib == "jax" else "complex128"
+    values = dense(rng, dtype)
+    matrix = op_of(values, op)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        matrices = variants(lib, values)
+        for shape, axis in (((4, N), -1), ((N, 3), 0)):
+            x64 = support.random_values(rng, shape_for(shape, op), dtype)
+            x = to_lib(lib, x64)
+            ref, mag = support.reference(matrix, x64, axis), support.magnitude(matrix, x64, axis)
+            for first, second in itertools.permutations(matrices, 2):
+                _cache.calls._runs.clear()
+                try:
+                    batchmv.matvec(first, x, axis=axis, op=op, copy=False)
+                except batchmv.CopyRequiredError:
+                    continue  # (nothing remembered)
+                if batchmv.plan(second, x, axis=axis, op=op).copies:
+                    with pytest.raises(batchmv.CopyRequiredError):
+                        batchmv.matvec(second, x, axis=axis, op=op, copy=False)
+                else:
+                    y = batchmv.matvec(second, x, axis=axis, op=op, copy=False)
+                    support.assert_matvec_close(y, ref, mag, matrix.shape[1], dtype)
