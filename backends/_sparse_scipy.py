@@ -6,7 +6,9 @@ duplicates summed, explicit zeros kept.
 
 scipy's kernels read X only as a C-ordered (n, k) array (``other.ravel()``): vectors in
 the rows of x (the last axis) are copied into that layout first, as scipy's ``A @ X.T``
-itself does; batchmv reports that copy.
+itself does; batchmv reports that copy.  sparsetools also copies each array of A that is
+not C-contiguous in native byte order, and casts index arrays of two dtypes to one, on
+every call: reported as copies of A (``product_copies``).
 """
 
 from __future__ import annotations
@@ -90,14 +92,34 @@ class ScipySparse(SparseKit):
         return a @ xc
 
     def layout_key(self, a: Any) -> Optional[tuple]:
+        # the arrays' dtypes and C order: what sparsetools reads in place (product_copies)
         fmt = a.format
-        if fmt in ("csr", "csc"):
-            return (a.shape, a.indptr.dtype, a.indices.dtype, a.data.dtype)
-        if fmt == "coo":
-            return (a.shape, a.row.dtype, a.col.dtype, a.data.dtype)
-        if fmt == "bsr":
-            return (a.shape, a.indptr.dtype, a.indices.dtype, a.data.dtype, a.data.shape[1:])
-        return None  # (dia, lil, dok: converted by every call)
+        if fmt in ("csr", "csc", "bsr"):
+            i, j, v = a.indptr, a.indices, a.data
+        elif fmt == "coo":
+            i, j, v = a.row, a.col, a.data
+        else:
+            return None  # (dia, lil, dok: converted by every call)
+        key = (a.shape, i.dtype, j.dtype, v.dtype, i.flags.c_contiguous, j.flags.c_contiguous, v.flags.c_contiguous)
+        return key + (v.shape[1:],) if fmt == "bsr" else key
+
+    def product_copies(self, a: Any, fmt: str, fresh: bool = False) -> tuple[str, ...]:
+        # sparsetools converts each array it is given to a C-ordered one in native byte
+        # order, and the index arrays to one dtype (its C++ templates take one index type)
+        if fresh or a.format not in _NATIVE:
+            return ()
+        named = _named_arrays(a)
+        copies = [
+            f"scipy's sparsetools copies A's {name} array, {'not C-contiguous' if not arr.flags.c_contiguous else 'not in native byte order'}, "
+            f"into a C-contiguous native one on every call (a copy of A's {name})"
+            for name, arr in named
+            if not arr.flags.c_contiguous or (name != "data" and not arr.dtype.isnative)  # (data: a cast, reported)
+        ]
+        index = {name: arr.dtype for name, arr in named if name != "data"}
+        if len({dtype.newbyteorder("=") for dtype in index.values()}) > 1:
+            copies.append(f"scipy casts A's index arrays ({', '.join(f'{k} {v}' for k, v in index.items())}) to one dtype "
+                          "on every call (a copy of the narrower)")
+        return tuple(copies)
 
     def product(self, call: Any) -> Callable[[Any, np.ndarray], np.ndarray]:
         """The sparsetools kernel that ``A @ X`` ends in (``*_matvecs``, ``coo_matmat_dense``),
@@ -185,6 +207,13 @@ def _kernel(call: Any, kind: str) -> Optional[Callable[[Any, int, np.ndarray, np
     if one:
         return lambda a, k, x, y: fn(*shape, a.indptr, a.indices, a.data, x, y)
     return lambda a, k, x, y: fn(*shape, k, a.indptr, a.indices, a.data, x, y)
+
+
+def _named_arrays(a: Any) -> tuple[tuple[str, np.ndarray], ...]:
+    """A's index arrays and values by name, for a format scipy multiplies as it is."""
+    if a.format == "coo":
+        return (("row", a.row), ("col", a.col), ("data", a.data))
+    return (("indptr", a.indptr), ("indices", a.indices), ("data", a.data))
 
 
 def _index_arrays(a: Any) -> tuple[np.ndarray, ...]:

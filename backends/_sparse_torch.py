@@ -114,15 +114,20 @@ class TorchSparse(SparseKit):
     def convert(self, a: torch.Tensor) -> torch.Tensor:
         return _multipliable(a)
 
-    def product_copies(self, a: torch.Tensor, fmt: str) -> tuple[str, ...]:
-        # MKL's sparse routines, as torch's CPU wheels link them, take 32-bit indices: torch
-        # casts int64 ones (its default) in every CSR/BSR product (aten::_to_copy)
-        if fmt not in ("csr", "bsr") or not _MKL:
+    def product_copies(self, a: torch.Tensor, fmt: str, fresh: bool = False) -> tuple[str, ...]:
+        # Found with torch's profiler: the CSR and BSR products make A's values contiguous
+        # (aten::clone), and MKL's sparse routines, as torch's CPU wheels link them, take
+        # 32-bit indices: torch casts int64 ones (its default) in every product (aten::_to_copy)
+        if fmt not in ("csr", "bsr"):
             return ()
-        if _arrays(a)[0].dtype == torch.int32 and not _oblong_blocks(a):  # (those go to CSR through COO: int64)
-            return ()
-        return ("torch's CPU product (MKL, 32-bit indices) casts A's int64 index arrays to int32 on every call "
-                "(a copy of A's indices; A with int32 indices avoids it)",)
+        copies = []
+        if not fresh and not _arrays(a)[2].is_contiguous():
+            copies.append("torch's CPU product copies A's values, a strided view, into a contiguous array on every call "
+                          "(a copy of A's values)")
+        if _MKL and (_arrays(a)[0].dtype != torch.int32 or _oblong_blocks(a)):  # (oblong: to CSR through COO, int64)
+            copies.append("torch's CPU product (MKL, 32-bit indices) casts A's int64 index arrays to int32 on every call "
+                          "(a copy of A's indices; A with int32 indices avoids it)")
+        return tuple(copies)
 
     def transposed_format(self, fmt: str) -> str:
         return _TRANSPOSED[fmt.split(" ")[0]]
@@ -252,11 +257,12 @@ def _layout_key(a: torch.Tensor) -> Optional[tuple]:
         return (layout, a.shape, a.dtype, a.device, a.dense_dim(), a.is_coalesced())
     if layout not in _FORMATS:
         return None
-    # the index dtype: MKL's products cast int64 indices (a copy: product_copies)
+    # the index dtype and whether the values are contiguous: what the products copy (product_copies)
     compressed = a.crow_indices() if layout is torch.sparse_csr or layout is torch.sparse_bsr else a.ccol_indices()
+    values = a.values()
     if layout is torch.sparse_csr or layout is torch.sparse_csc:
-        return (layout, a.shape, a.dtype, a.device, compressed.dtype)
-    return (layout, a.shape, a.dtype, a.device, compressed.dtype, a.values().shape[1:])  # (blocks' shape: the product)
+        return (layout, a.shape, a.dtype, a.device, compressed.dtype, values.is_contiguous())
+    return (layout, a.shape, a.dtype, a.device, compressed.dtype, values.is_contiguous(), values.shape[1:])  # (blocks)
 
 
 KIT = TorchSparse

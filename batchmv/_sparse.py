@@ -176,13 +176,15 @@ def _operand_steps(kit: Any, a: Any, info: SparseInfo, op: str, dtype: Any, copi
         steps.append("convert")
         copies.append(f"A: {converted}")
         fmt = kit.converted_format(a)
+    transposed = None  # why A^T is a copy
     if op in ("T", "H"):
         steps.append("transpose")
-        why = kit.transpose_copy(a) if not converted else None
-        if why:
-            copies.append(f"A: {why}")
-        fmt = f"{kit.transposed_format(fmt)} (A^T: {'a copy' if why else 'a view of'} A's {fmt} arrays)"
-    copies.extend(f"A: {why}" for why in kit.product_copies(a, fmt.split(" ")[0]))
+        transposed = kit.transpose_copy(a) if not converted else None
+        if transposed:
+            copies.append(f"A: {transposed}")
+        fmt = f"{kit.transposed_format(fmt)} (A^T: {'a copy' if transposed else 'a view of'} A's {fmt} arrays)"
+    fresh = bool(converted or transposed or info.dtype != dtype)
+    copies.extend(f"A: {why}" for why in kit.product_copies(a, fmt.split(" ")[0], fresh))
     if info.dtype != dtype:
         steps.append("cast")
         copies.append(f"A: values cast from {kit.dtype_name(info.dtype)} to the result dtype {kit.dtype_name(dtype)} (a copy of A)")

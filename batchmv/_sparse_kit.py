@@ -87,9 +87,11 @@ class SparseKit:
     def convert(self, a: Any) -> Any:
         raise NotImplementedError
 
-    def product_copies(self, a: Any, fmt: str) -> tuple[str, ...]:
+    def product_copies(self, a: Any, fmt: str, fresh: bool = False) -> tuple[str, ...]:
         """What the library's product copies of A by itself on every call, computing in
-        format ``fmt`` (of op(A), after the steps), each said as a copy of A."""
+        format ``fmt`` (of op(A), after the steps), each said as a copy of A.  ``fresh``: A's
+        arrays reach the product as new ones, made by a reported step (a conversion, a
+        transposing copy, a cast), not as they are stored."""
         return ()
 
     def transposed_format(self, fmt: str) -> str:

@@ -188,6 +188,53 @@ def test_no_copy_of_a_or_x_when_the_plan_lists_none(rng):
     assert used_cast > a_bytes / 2
 
 
+def strided(v: np.ndarray) -> np.ndarray:
+    """``v``'s values in a view of every other entry of a buffer twice as long (not C-contiguous)."""
+    buffer = np.zeros((2 * v.shape[0], *v.shape[1:]), v.dtype)
+    buffer[::2] = v
+    return buffer[::2]
+
+
+#: A's arrays as sparsetools would copy or cast them: (format, how A is changed)
+ARRAY_CASES = (
+    ("csr", lambda A: setattr(A, "indices", strided(A.indices))),
+    ("csc", lambda A: setattr(A, "data", strided(A.data))),
+    ("bsr", lambda A: setattr(A, "data", strided(A.data))),
+    ("coo", lambda A: setattr(A, "coords", (strided(A.coords[0]), A.coords[1]))),
+    ("csr", lambda A: setattr(A, "indices", A.indices.astype(A.indices.dtype.newbyteorder()))),
+    ("csc", lambda A: setattr(A, "indptr", A.indptr.astype(np.int64))),  # index arrays of two dtypes
+)
+
+
+@pytest.mark.parametrize("case", range(len(ARRAY_CASES)))
+def test_arrays_sparsetools_copies_are_reported(rng, case):
+    """sparsetools copies every array of A that is not C-contiguous in native byte order,
+    and casts index arrays of two dtypes to one: the plan reports each as a copy of A,
+    copy=False refuses it, tracemalloc sees it (a remembered call of a contiguous A too,
+    which the changed A does not take), and the same A with contiguous arrays copies nothing."""
+    fmt, change = ARRAY_CASES[case]
+    n, k = 3000, 2
+    plain = sp.random_array((n, n), density=0.02, format="csr", rng=rng).asformat(fmt)
+    if fmt == "bsr":
+        plain = sp.random_array((n, n), density=0.02, format="csr", rng=rng).tobsr((2, 2))
+    changed = plain.copy()
+    change(changed)
+    x = rng.standard_normal((n, k))
+    y_bytes = n * k * 8
+    smallest = min(a.nbytes for a in (plain.data, *(plain.coords if fmt == "coo" else (plain.indices,))))
+    assert batchmv.plan(plain, x, axis=0).copies == ()
+    batchmv.matvec(plain, x, axis=0, copy=False)  # (remembered)
+    used_plain, y = peak_bytes(lambda: batchmv.matvec(plain, x, axis=0))
+    assert used_plain < y_bytes + 16_384 < smallest
+    copies = batchmv.plan(changed, x, axis=0).copies
+    assert len(copies) == 1 and copies[0].startswith("A: scipy"), copies
+    with pytest.raises(batchmv.CopyRequiredError, match="scipy"):
+        batchmv.matvec(changed, x, axis=0, copy=False)
+    used, y = peak_bytes(lambda: batchmv.matvec(changed, x, axis=0))
+    assert used >= y_bytes + smallest / 2, (used, smallest)  # (the copy is real: positive control)
+    np.testing.assert_allclose(y, plain @ x, rtol=1e-12)
+
+
 def test_copy_false(rng):
     values = dense(rng, "complex128")
     A = make(values, "csr")

@@ -14,7 +14,7 @@ import pytest
 import batchmv
 import support
 from batchmv import _cache
-from test_sparse import M, N, dense, make, op_of
+from test_sparse import M, N, dense, make, op_of, strided
 
 sp = pytest.importorskip("scipy.sparse")
 
@@ -195,8 +195,11 @@ def variants(lib: str, values: np.ndarray) -> list:
     scipy's array or matrix class, jax's sorted-indices flag."""
     if lib == "scipy":
         out = [make(values, f, i, k) for f in ("csr", "csc", "coo", "bsr") for i in ("int32", "int64") for k in ("sparray", "spmatrix")]
-        c = sp.csr_array(values)  # index arrays of two dtypes
-        return [*out, sp.csr_array((c.data, c.indices.astype("int32"), c.indptr.astype("int64")), shape=values.shape)]
+        c = sp.csr_array(values)  # index arrays of two dtypes; arrays sparsetools copies (strided, byte-swapped)
+        mixed = sp.csr_array((c.data, c.indices.astype("int32"), c.indptr.astype("int64")), shape=values.shape)
+        swapped = sp.csr_array((c.data, c.indices.astype(">i4"), c.indptr.astype("int32")), shape=values.shape)
+        return [*out, mixed, swapped, sp.csr_array((strided(c.data), c.indices, c.indptr), shape=values.shape),
+                sp.coo_array((c.tocoo().data, (strided(c.tocoo().row), c.tocoo().col)), shape=values.shape)]
     if lib == "torch":
         import torch
         from test_sparse_torch import to_torch
@@ -204,7 +207,10 @@ def variants(lib: str, values: np.ndarray) -> list:
         out = [to_torch(values, f, i) for f in ("csr", "csc", "bsr", "bsc") for i in ("int32", "int64")]
         t, coo = torch.from_numpy(values), torch.from_numpy(values).to_sparse()
         not_coalesced = torch.sparse_coo_tensor(coo.indices(), coo.values(), coo.shape)
-        return [*out, coo, not_coalesced, t.to_sparse_bsr((2, 4)), t.to_sparse_bsc((2, 4))]  # (oblong blocks)
+        from test_sparse_torch import with_strided_values
+
+        strided_values = [with_strided_values(to_torch(values, f, "int32")) for f in ("csr", "csc", "bsr")]
+        return [*out, coo, not_coalesced, t.to_sparse_bsr((2, 4)), t.to_sparse_bsc((2, 4)), *strided_values]  # (oblong blocks)
     support.need("jax")
     from jax.experimental import sparse as jsparse
 

@@ -93,19 +93,37 @@ def copies_seen(fn) -> set[str]:
     return {e.key for e in prof.key_averages() if e.key in CONVERSIONS}
 
 
+def with_strided_values(A):
+    """``A`` (compressed) with its values in a strided view of a buffer twice as long."""
+    import torch
+
+    v = A.values()
+    buffer = torch.zeros((2 * v.shape[0], *v.shape[1:]), dtype=v.dtype)[::2]
+    buffer.copy_(v)
+    compressed = A.layout in (torch.sparse_csr, torch.sparse_bsr)
+    first, second = (A.crow_indices(), A.col_indices()) if compressed else (A.ccol_indices(), A.row_indices())
+    maker = {torch.sparse_csr: torch.sparse_csr_tensor, torch.sparse_csc: torch.sparse_csc_tensor,
+             torch.sparse_bsr: torch.sparse_bsr_tensor, torch.sparse_bsc: torch.sparse_bsc_tensor}[A.layout]  # fmt: skip
+    return maker(first, second, buffer, A.shape)
+
+
+@pytest.mark.parametrize("values", ["contiguous", "strided"])
 @pytest.mark.parametrize("index", ["int32", "int64"])
 @pytest.mark.parametrize("op", ["N", "T"])
 @pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "bsr", "bsc"])
-def test_torch_copies_nothing_the_plan_does_not_report(rng, fmt, op, index):
+def test_torch_copies_nothing_the_plan_does_not_report(rng, fmt, op, index, values):
     """Seen by torch's profiler: where the plan reports no copy of A, torch converts
-    nothing of A (nor casts its indices); where it reports no copy at all, torch copies
-    nothing."""
+    nothing of A (nor casts its indices, nor copies its values, strided ones included);
+    where it reports no copy at all, torch copies nothing."""
     import torch
 
-    values = dense(rng, "float64")
+    if values == "strided" and fmt == "coo":
+        pytest.skip("a COO tensor's values are coalesced into new ones")
+    dense_values = dense(rng, "float64")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        A = to_torch(values, fmt, index)
+        A = to_torch(dense_values, fmt, index)
+        A = with_strided_values(A) if values == "strided" else A
         for shape, axis in (((N, 4), 0), ((4, N), -1), ((N,), 0), ((1, N), -1)):
             x = torch.randn(tuple(M if s == N and op == "T" else s for s in shape), dtype=torch.float64)
             copies = batchmv.plan(A, x, axis=axis, op=op).copies
@@ -114,10 +132,15 @@ def test_torch_copies_nothing_the_plan_does_not_report(rng, fmt, op, index):
                 assert not seen & set(CONVERSIONS[3:]), (shape, seen)
             if not copies:  # (a conversion of A clones arrays of A's too)
                 assert not seen, (shape, seen)
-    # positive controls: torch's own products convert a CSC A, cast int64 indices, copy x's transpose
+    # positive controls: torch's own products convert a CSC A, cast int64 indices, copy x's
+    # transpose, copy strided values
+    values = dense_values
     assert "aten::to_sparse_csr" in copies_seen(lambda: to_torch(values, "csc", "int32") @ torch.randn(N, 4, dtype=torch.float64))
     assert "aten::_to_copy" in copies_seen(lambda: to_torch(values, "csr", "int64") @ torch.randn(N, 4, dtype=torch.float64))
     assert "aten::clone" in copies_seen(lambda: to_torch(values, "csr", "int32") @ torch.randn(4, N, dtype=torch.float64).T)
+    strided = with_strided_values(to_torch(values, "csr", "int32"))
+    assert "aten::clone" in copies_seen(lambda: strided @ torch.randn(N, 4, dtype=torch.float64))
+    assert any("values, a strided view" in c for c in batchmv.plan(strided, torch.randn(N, 4, dtype=torch.float64), axis=0).copies)
 
 
 def test_lazy_bits_of_x_and_int64_indices_are_reported_copies(rng):
