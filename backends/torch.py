@@ -250,6 +250,15 @@ class TorchEngine(StridedEngine):
     def view(self, a: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         return a.view(shape)
 
+    def row_view(self, x2: torch.Tensor) -> torch.Tensor:
+        # torch's CPU GEMM reads a one-row matrix in place when its row stride is at least
+        # its length, or as a column-major row (row stride 1); any other row stride (0, of a
+        # broadcast row) makes it copy the row (aten::clone): the same row, viewed (n, 1)
+        # and transposed, has row stride 1
+        if x2.dim() == 2 and x2.shape[0] == 1 and x2.shape[1] > 1 and x2.stride(0) != 1 and x2.stride(0) < x2.shape[1]:
+            return x2.view(x2.shape[1]).unsqueeze(1).t()
+        return x2
+
     def take_first(self, a: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
         for axis in axes:
             a = a.narrow(axis, 0, 1)

@@ -214,6 +214,12 @@ class StridedEngine(Engine):
         """``a`` viewed as ``shape``, never copied (the schedule proved that it can be)."""
         raise NotImplementedError
 
+    def row_view(self, x2: Any) -> Any:
+        """The GEMM's (rows, n) operand ``x2`` as a view the library's GEMM reads in place,
+        where only the stride of its one row would make the GEMM copy it; else ``x2``.  The
+        schedule takes a one-row X2 as laid out with any row stride (BLAS never reads it)."""
+        return x2
+
     def known_view(self, a: Any, shape: tuple[int, ...]) -> Any:
         """:meth:`view` where the view is known to exist (a remembered run, whose key fixes
         ``a``'s shape and strides), without checking again that it does."""

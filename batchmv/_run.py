@@ -50,8 +50,9 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
     a_plain, plain = eng.plain(call.a)
     # the GEMM, chosen once for views laid out as this call's (row blocks of A for skinny batches)
     x2 = eng.view(eng.permute(call.x, perm) if permute_x else call.x, view_shape) if view_x else call.x
+    row = eng.row_view(x2) is not x2  # (one row whose stride the GEMM would copy it for: the key fixes it)
     gemm = _skinny.gemm_for(call) or eng.gemm_kernel(x2, a_plain, op not in ("T", "H"), conj == "flag")
-    if not (permute_x or view_x or view_y or plain or conj == "xy"):
+    if not (permute_x or view_x or row or view_y or plain or conj == "xy"):
         return lambda a, x: gemm(x, a)  # x is the GEMM's X2 and its result is y
 
     def run(a: Any, x: Any) -> Any:
@@ -60,6 +61,8 @@ def runner(call: Call) -> Callable[[Any, Any], Any] | None:
         if permute_x:
             x = eng.permute(x, perm)
         x2 = eng.view(x, view_shape) if view_x else x
+        if row:
+            x2 = eng.row_view(x2)
         if conj == "xy":  # (a new y where autograd records this call, else y in place)
             y = eng.conj_inplace(gemm(eng.conj_copy(x2), a), eng.tracks_graph(a, x))
         else:
@@ -107,7 +110,7 @@ def execute(call: Call) -> Any:
         x = eng.take_first(x, sched.zero_axes)
     if sched.x_copy:
         x = eng.vectors_last_copy(x, call.axis, call.dtype)
-    x2 = _reshape(eng, x, sched.perm, sched.view_shape)
+    x2 = eng.row_view(_reshape(eng, x, sched.perm, sched.view_shape))
     if conj == "xy":  # conj(A) @ x == conj(A @ conj(x)): conjugate x (its copy in place), later y
         x2 = eng.conj_inplace(x2, tracked) if sched.x_copy else eng.conj_copy(x2)
     r_shape = (*sched.loop_shape, sched.rows, call.y_shape[call.axis])

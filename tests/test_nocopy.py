@@ -259,6 +259,32 @@ def test_torch_census_with_out_one_mm():
 
 
 @torch_only
+@pytest.mark.parametrize("row_stride", [0, 5, 1, 11])
+def test_torch_one_row_of_any_row_stride_is_read_in_place(row_stride):
+    """x of one row (a broadcast row: row stride 0) is the GEMM's one-row X2 whatever its
+    row stride: torch's GEMM would copy it inside its CPU kernel (seen by the profiler, not
+    by a dispatch mode) for a row stride between 1 and its length (exclusive), so it gets a
+    view that it reads in place, on the first call and on a remembered one; torch's own
+    ``F.linear`` on it copies (the positive control)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile
+
+    def copies(fn) -> list[str]:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return [e.name for e in prof.events() if e.name in ("aten::clone", "aten::copy_", "aten::contiguous")]
+
+    A = torch.randn(9, 11, dtype=torch.float64)
+    x = torch.randn(40, dtype=torch.float64).as_strided((1, 11), (row_stride, 1))
+    assert batchmv.plan(A, x).copies == ()
+    for _ in range(2):  # (built, then remembered)
+        assert copies(lambda: batchmv.matvec(A, x, copy=False)) == []
+        torch.testing.assert_close(batchmv.matvec(A, x), x @ A.T)
+    assert bool(copies(lambda: F.linear(x, A))) == (row_stride in (0, 5))
+
+
+@torch_only
 def test_torch_census_positive_control():
     import torch
 
