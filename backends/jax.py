@@ -147,8 +147,12 @@ class JaxEngine(Engine):
 
     def host(self, a: Any, writable: bool = False) -> Optional[np.ndarray]:
         """A concrete CPU array's buffer as a read-only numpy array, when numpy reads it in
-        place (its address is the buffer's); None for tracers, other devices, shardings."""
+        place (its address is the buffer's); None for tracers, other devices, shardings,
+        and where jax's own product would give a result that a numpy buffer adopted by jax
+        is not: on the device an array is committed to, weakly typed for weak operands."""
         if writable or _is_tracer(a) or len(a.sharding.device_set) != 1 or self.device(a) != "cpu":
+            return None
+        if a.committed or a.weak_type:
             return None
         try:
             view = np.asarray(a)

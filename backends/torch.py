@@ -29,6 +29,7 @@ from .._errors import CopyRequiredError
 from ._torch_mm import keeps_conj
 
 _is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # (vmap/grad wrappers)
+_unpack_dual = torch.autograd.forward_ad.unpack_dual
 _linear = torch.nn.functional.linear
 _compiling = torch.compiler.is_compiling
 _STRIDED = torch.strided
@@ -46,6 +47,24 @@ _MM_DTYPES = frozenset(
         torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8,
     }
 )  # fmt: skip
+
+
+#: ``__torch_function__`` of torch.Tensor and of nn.Parameter (which disables it): a class
+#: with another one overrides what torch's functions do with its tensors
+_PLAIN_TORCH_FUNCTION = (torch.Tensor.__torch_function__.__func__, torch.nn.Parameter.__torch_function__)
+
+
+def _numpy_loses(a: torch.Tensor) -> Optional[str]:
+    """Why a numpy view of ``a`` (another engine's product on its memory) would lose what
+    torch's own product keeps, or None: a tangent of forward-mode AD, or a class whose
+    ``__torch_function__`` torch's functions go through."""
+    if type(a) is not torch.Tensor:
+        own = type(a).__torch_function__
+        if getattr(own, "__func__", own) not in _PLAIN_TORCH_FUNCTION:
+            return f"its class {type(a).__name__} overrides __torch_function__, which another engine would bypass"
+    if _unpack_dual(a).tangent is not None:
+        return "it carries a forward-mode AD tangent (torch.autograd.forward_ad), which another engine would drop"
+    return None
 
 
 class TorchEngine(StridedEngine):
@@ -182,9 +201,12 @@ class TorchEngine(StridedEngine):
 
     def host(self, a: torch.Tensor, writable: bool = False) -> Optional[np.ndarray]:
         """A CPU tensor's memory as numpy sees it; None under torch.compile or a transform
-        (the graph must hold the product), for lazy conjugate/negative bits, and where a
-        result must stay in the autograd graph (the caller has refused those already)."""
+        (the graph must hold the product), for lazy conjugate/negative bits, for what a numpy
+        view would lose (:func:`_numpy_loses`), and where a result must stay in the autograd
+        graph (the caller has refused those already)."""
         if torch.compiler.is_compiling() or _is_wrapped(a) or a.device.type != "cpu" or a.is_conj() or a.is_neg():
+            return None
+        if _numpy_loses(a):
             return None
         if a.dtype not in (torch.float32, torch.float64) or (writable and a.requires_grad):
             return None
@@ -217,7 +239,7 @@ class TorchEngine(StridedEngine):
             return "it is being transformed by torch.func (vmap/grad); only the torch engine can trace it"
         if a.requires_grad and torch.is_grad_enabled():
             return "it requires grad; another engine would detach it and drop the gradient"
-        return None
+        return _numpy_loses(a)
 
     def export_numpy(self, a: torch.Tensor, *, allow_copy: bool, writable: bool) -> tuple[np.ndarray, Optional[str]]:
         """A CPU tensor as a numpy array sharing its memory (``Tensor.numpy``, not DLPack,
@@ -307,8 +329,8 @@ class TorchEngine(StridedEngine):
         numpy_dtype = None if torch.compiler.is_compiling() else _NUMPY_COMPLEX.get(x2.dtype)
         if (
             numpy_dtype is not None and x2.device.type == "cpu" and x2.numel() * x2.element_size() >= _HUGE
-            and not (x2.requires_grad and torch.is_grad_enabled())
-        ):  # fmt: skip
+            and not (x2.requires_grad and torch.is_grad_enabled()) and _unpack_dual(x2).tangent is None
+        ):  # fmt: skip (conj_physical's out= form has no forward-mode AD)
             # numpy asks the kernel for transparent huge pages for large arrays (madvise), torch's
             # CPU allocator does not: a fresh buffer of small pages costs a fault per 4 KiB
             buf = torch.from_numpy(np.empty(tuple(x2.shape), numpy_dtype))

@@ -173,10 +173,25 @@ def threads_of(eng: Any) -> int:
 # -- the schedule of a checked call --------------------------------------------------------
 def plan_for(call: Any) -> Optional[RowBlocks]:
     """The row blocks of a checked call (:class:`batchmv._call.Call`), or None where it
-    runs as one GEMM (the rule in the module's docstring).  Shapes are compared first, so
-    that small calls (and calls traced by torch.compile) take none of the other steps."""
+    runs as one GEMM: the rule in the module's docstring (:func:`_rule`), for arrays that
+    numpy can read as they are now, outside autograd's graph."""
+    plan = _rule(call)
+    if plan is None or call.tracks_graph:
+        return None
+    views = [call.engine.host(v) for v in (call.a, call.x)]  # (the rule has checked their strides)
+    return plan if all(v is not None and v.flags.aligned for v in views) else None
+
+
+def _rule(call: Any) -> Optional[RowBlocks]:
+    """The row blocks of a call on arrays of these layouts (what a remembered call's key
+    holds), or None.  A run built from it checks the rest as it goes (:func:`gemm_for`,
+    :func:`expression_for`): a call remembered while autograd recorded it, or on arrays
+    numpy cannot read, takes row blocks when it is repeated on arrays that allow them.
+    Shapes are compared first, so that small calls (and calls traced by torch.compile)
+    take none of the other steps.  ``ENABLED`` and ``A_BYTES_MIN`` are read here, when a
+    call is built."""
     eng, sched = call.engine, call.schedule
-    if call.tracks_graph or not ENABLED or call.op != "N" or call.conj is not None:
+    if not ENABLED or call.op != "N" or call.conj is not None:
         return None  # (an adjoint's GEMM reads A as it is, with its own conjugations)
     m, n = eng.shape(call.a)
     if sched is not None:  # a strided engine's one GEMM, A read through its row-major rows
@@ -195,7 +210,7 @@ def plan_for(call: Any) -> Optional[RowBlocks]:
         return None
     if eng.dtype_of(call.a) != call.dtype or eng.dtype_of(call.x) != call.dtype:
         return None  # (strided engines cast x in a copy, which is then the GEMM's x)
-    if eng.host(call.a) is None or not small_kernel():
+    if not small_kernel():
         return None
     return blocks(m, n, batch, itemsize, L2_BYTES)
 
@@ -268,7 +283,7 @@ def gemm_for(call: Any) -> Optional[Callable[..., Any]]:
     """``gemm(x2, a, out=None)``, the engine's GEMM as row blocks, for a checked call of a
     strided engine; None where the call runs as one GEMM.  It falls back to the engine's
     GEMM where the arrays cannot be shared with numpy as they are."""
-    plan = plan_for(call)
+    plan = _rule(call)
     if plan is None:
         return None
     eng = call.engine
@@ -293,7 +308,7 @@ def expression_for(call: Any) -> Optional[Callable[[Any, Any], Any]]:
     views of its arrays, the result wrapped by the engine without a copy; None where the
     engine's expression runs.  It falls back to the expression where the arrays cannot
     be shared with numpy as they are."""
-    plan = plan_for(call)
+    plan = _rule(call)
     if plan is None:
         return None
     eng, axis, y_shape = call.engine, call.axis, call.y_shape

@@ -314,6 +314,120 @@ def test_jax_inside_jit_keeps_its_dot(forced):
     assert batchmv.plan(A, x.T, axis=0).kernel == "dot_general"
 
 
+@pytest.fixture
+def block_runs(monkeypatch):
+    """``block_runs[0]``: how many calls ran as row blocks since the test began."""
+    count = [0]
+    original = _skinny.run
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_skinny, "run", counted)
+    return count
+
+
+def test_a_call_remembered_under_autograd_takes_row_blocks_when_repeated_without(forced, block_runs):
+    """The key of a remembered call holds layouts, not autograd's state: a call first made
+    on tensors that require grad (torch's own mm, for the graph) and repeated on tensors
+    that do not runs row blocks, as its plan says, and the other way round keeps the graph."""
+    support.need("torch")
+    import torch
+
+    A, x = torch.randn(M, N, dtype=torch.float64), torch.randn(6, N, dtype=torch.float64)
+    for first_tracked in (True, False):
+        _cache.calls._runs.clear()
+        for tracked in (first_tracked, not first_tracked, first_tracked):
+            v = x.clone().requires_grad_(tracked)
+            before = block_runs[0]
+            assert batchmv.plan(A, v).kernel == ("gemm" if tracked else "gemm row blocks")
+            y = batchmv.matvec(A, v)
+            assert block_runs[0] - before == (0 if tracked else 1)
+            assert y.requires_grad == tracked
+            torch.testing.assert_close(y, v.detach() @ A.T)
+            if tracked:
+                y.sum().backward()
+                torch.testing.assert_close(v.grad, A.sum(0).expand(6, N))
+
+
+def test_torch_forward_ad_and_torch_function_subclasses_keep_torch_s_product(forced, block_runs):
+    """A numpy view of a tensor would drop a forward-mode AD tangent and bypass a subclass's
+    ``__torch_function__``: such calls run torch's own GEMM (the plan says so), keep the
+    tangent and the subclass, and another engine refuses them; plain tensors take row blocks."""
+    support.need("torch")
+    import torch
+    import torch.autograd.forward_ad as fwAD
+
+    A, x, t = (torch.randn(s, dtype=torch.float64) for s in ((M, N), (6, N), (6, N)))
+    batchmv.matvec(A, x)  # (remembered on plain tensors: row blocks)
+    assert block_runs[0] == 1
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(x, t)
+        assert batchmv.plan(A, dual).kernel == "gemm"
+        y = batchmv.matvec(A, dual)
+        torch.testing.assert_close(fwAD.unpack_dual(y).tangent, t @ A.T)
+        with pytest.raises(TypeError, match="forward-mode AD tangent"):
+            batchmv.matvec(A, dual, backend="numpy")
+    assert block_runs[0] == 1
+    seen = []
+
+    class Logged(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", ""))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    AL, xL = A.as_subclass(Logged), x.as_subclass(Logged)
+    assert batchmv.plan(AL, xL).kernel == "gemm"
+    y = batchmv.matvec(AL, xL)
+    assert type(y) is Logged and "linear" in seen and block_runs[0] == 1
+    with pytest.raises(TypeError, match="overrides __torch_function__"):
+        batchmv.matvec(AL, xL, backend="numpy")
+    P = torch.nn.Parameter(A, requires_grad=False)  # (a subclass that changes nothing torch does)
+    assert batchmv.plan(P, x).kernel == "gemm row blocks"
+
+
+def test_torch_forward_ad_through_a_large_adjoint():
+    """The adjoint of a complex A conjugates x into a temporary; a large one comes from
+    numpy's allocator through ``conj_physical(out=)``, which has no forward-mode AD: a dual
+    x takes torch's allocating form, and its tangent is the adjoint of the tangent."""
+    support.need("torch")
+    import torch
+    import torch.autograd.forward_ad as fwAD
+
+    A = torch.randn(600, 600, dtype=torch.complex128)
+    x, t = torch.randn(1000, 600, dtype=torch.complex128), torch.randn(1000, 600, dtype=torch.complex128)
+    with fwAD.dual_level():
+        y = batchmv.rmatvec(A, fwAD.make_dual(x, t))
+        primal, tangent = fwAD.unpack_dual(y)
+    torch.testing.assert_close(primal, x @ A.conj())
+    torch.testing.assert_close(tangent, t @ A.conj())
+
+
+def test_jax_committed_or_weak_arrays_keep_jax_s_product(forced, block_runs):
+    """jax's own product of arrays committed to a device is committed there, of weakly typed
+    ones weakly typed; a numpy buffer adopted by jax is neither: such calls run jax's product
+    (the plan says so), also when repeated after a remembered call on plain arrays."""
+    support.need("jax")
+    import jax
+    import jax.numpy as jnp
+
+    A, x = jnp.ones((M, N)), jnp.ones((6, N))
+    batchmv.matvec(A, x)  # (remembered: row blocks)
+    assert block_runs[0] == 1
+    device = jax.devices()[0]
+    committed = (jax.device_put(A, device), jax.device_put(x, device))
+    weak = (jax.lax.broadcast(jnp.asarray(1.0), (M, N)), jax.lax.broadcast(jnp.asarray(2.0), (6, N)))
+    for a, v in (committed, weak):
+        assert batchmv.plan(a, v).kernel == "dot_general"
+        y, expected = batchmv.matvec(a, v), v @ a.T
+        assert (y.committed, y.weak_type) == (expected.committed, expected.weak_type)
+        np.testing.assert_allclose(np.asarray(y), np.asarray(expected))
+    assert (committed[0] @ committed[1].T).committed and (weak[1] @ weak[0].T).weak_type  # (what is kept)
+    assert block_runs[0] == 1
+
+
 def test_a_forked_child_runs_two_threads():
     """The pool's threads do not survive a fork: the child makes its own (in a fresh
     interpreter without jax, whose threads make a fork unsafe)."""
