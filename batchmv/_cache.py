@@ -76,7 +76,10 @@ def key(a: Any, x: Any, axis: Any, backend: Any, copy: Any, op: Any = "N") -> tu
         layouts = sparse_layouts(a, x)
         if layouts is None:
             return None
-    return (kind_a, kind_x, layouts, axis, backend, copy, op, _select.settings(backend))
+    settings = _select.settings(backend)
+    if settings is None:  # ("fastest": an engine measured per kind of call, which a key does not hold)
+        return None
+    return (kind_a, kind_x, layouts, axis, backend, copy, op, settings)
 
 
 def sparse_layouts(a: Any, x: Any) -> tuple | None:

@@ -76,18 +76,23 @@ def requested(backend: str | None) -> str:
     return _from_environment() or "auto"
 
 
-def settings(backend: object) -> tuple:
-    """What the engine of a call with this ``backend=`` argument depends on besides it, as a
-    value that changes whenever the rules above could give another answer: nothing when
-    ``backend`` is given; the context when one is set; else the environment (read now if
-    this is the first call that needs it)."""
+def settings(backend: str | None) -> tuple | None:
+    """What the engine of a call with this ``backend=`` argument (None or a string) depends
+    on besides it, as a value that changes whenever the rules above could give another
+    answer: nothing when ``backend`` is given; the context when one is set; else the
+    environment (read now if this is the first call that needs it).  None when the rules
+    give "fastest": its engine is measured per kind of call, and a kind holds more than
+    layouts (alignment, writability: :func:`batchmv._tune.kind_of`), so a call with the
+    same layouts may get another engine: such calls are not remembered."""
     if backend is not None:
-        return ()
+        return None if backend.strip().lower() == "fastest" else ()
     name = _context.get()
     if name is not None:
-        return (name,)
+        return None if name == "fastest" else (name,)
     env = _env_value  # (read once: a repeated call pays no function call for it)
-    return (None, env if env is not _UNREAD else _environment())
+    if env is _UNREAD:
+        env = _environment()
+    return None if env and env.strip().lower() == "fastest" else (None, env)
 
 
 def home_of(a_type: type, x_type: type) -> str:

@@ -35,7 +35,8 @@ from typing import Any, NamedTuple, Optional
 
 from ._memory import aligned_empty
 
-#: Whether the rule may take a call at all (the bench's "before" and tests switch it off).
+#: Whether the rule may take a call at all (the bench's "before" and tests switch it off),
+#: read when a call is built: a remembered call keeps the kernel it was built with.
 ENABLED = True
 #: Largest batch that runs as row blocks, per dtype (numpy's type character): beyond it the
 #: product is compute-bound, and a packed GEMM (torch's MKL first) computes as fast as the

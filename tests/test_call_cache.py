@@ -4,6 +4,7 @@ would change the call's meaning or its checks is skipped."""
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -116,6 +117,46 @@ def test_selection_settings_are_part_of_the_key(rng, fresh_selection, monkeypatc
     monkeypatch.setattr(fresh_selection, "_env_value", fresh_selection._UNREAD)  # a new process
     _check(batchmv.matvec(a, x), a, x)
     assert seen == [1, 1]
+
+
+@pytest.mark.parametrize("how", ["argument", "context", "environment"])
+def test_calls_whose_engine_is_measured_are_not_remembered(rng, fresh_selection, monkeypatch, builds, how):
+    """"fastest" measures per kind of call, and a kind holds more than a key's layouts (the
+    arrays' alignment): a call with the same layouts as a remembered one may be measured to
+    another engine, so a "fastest" call, however it is asked for, goes through the checks
+    every time and gets the engine measured for its own kind (a tuner's choice seeded for two
+    kinds whose arrays differ only in their alignment to 64 bytes)."""
+    support.need("torch")
+    from batchmv import _tune
+
+    def at(shape, offset):  # float64 values whose address is `offset` bytes past a 64-byte boundary
+        raw = np.zeros(int(np.prod(shape)) * 8 + 128, np.uint8)
+        start = (-raw.ctypes.data) % 64 + offset
+        arr = raw[start : start + int(np.prod(shape)) * 8].view(np.float64).reshape(shape)
+        arr[...] = support.random_values(rng, shape, "float64")
+        return arr
+
+    a64, x64, a8, x8 = at((30, 20), 0), at((5, 20), 0), at((30, 20), 8), at((5, 20), 8)
+    home = _registry.get_engine("numpy")
+    kinds = [_tune.kind_of(home, a, x, 1, np.dtype("float64")) for a, x in ((a64, x64), (a8, x8))]
+    assert kinds[0] != kinds[1]
+    monkeypatch.setattr(_tune, "_disk_loaded", True)
+    monkeypatch.setitem(_tune._choices, kinds[0], {"engine": "torch", "times": {"torch": 1e-6, "numpy": 2e-6}})
+    monkeypatch.setitem(_tune._choices, kinds[1], {"engine": "numpy", "times": {"numpy": 1e-6, "torch": 2e-6}})
+    kwargs = {"backend": " Fastest"} if how == "argument" else {}
+    if how == "environment":
+        monkeypatch.setenv("BATCHMV_BACKEND", "FASTEST")
+        monkeypatch.setattr(fresh_selection, "_env_value", fresh_selection._UNREAD)  # (a new process)
+    with batchmv.use_backend("fastest") if how == "context" else nullcontext():
+        for a, x, engine in ((a8, x8, "numpy"), (a8, x8, "numpy"), (a64, x64, "torch")):
+            assert batchmv.plan(a, x, **kwargs).backend == engine
+            before = builds[0]
+            _check(batchmv.matvec(a, x, **kwargs), a, x)
+            assert builds[0] == before + 1  # (checked every time)
+    batchmv.matvec(a8, x8, backend="numpy")
+    before = builds[0]
+    batchmv.matvec(a8, x8, backend="numpy")  # (the control: a named engine is remembered)
+    assert builds[0] == before
 
 
 def test_torch_grad_state_and_lazy_bits_are_respected(rng):
