@@ -41,7 +41,15 @@ SPLIT_EVERY = 2
 
 def matvec_block(x_block: Any, a: Any, *, axis: int, backend: str, copy: bool | None, op: str = "N") -> Any:
     """One block: the normal dispatch, on the engine captured when the graph was built."""
-    return _api.matvec(a, x_block, axis=axis, backend=backend, copy=copy, op=op)
+    return _matvec(a, x_block, axis, backend, copy, op)
+
+
+def _matvec(a: Any, x: Any, axis: int, backend: str, copy: bool | None, op: str) -> Any:
+    """``batchmv.matvec`` (repeated blocks remembered), or its checked path for op "C"
+    (conj(A): an operator's op.T.H, which the public call does not name)."""
+    if op == "C":
+        return _api.compute(a, x, axis, None, backend, copy, op)
+    return _api.matvec(a, x, axis=axis, backend=backend, copy=copy, op=op)
 
 
 def op_columns(a: Any, start: int, stop: int, op: str) -> Any:
@@ -56,7 +64,7 @@ def matvec_columns(
     times the columns of op(A) it meets, with a leading axis of length 1 for the sum."""
     start = int(columns[0]) if len(columns) else 0
     a_columns = op_columns(a, start, start + x_block.shape[axis], op)  # a view: A is not copied
-    return _api.matvec(a_columns, x_block, axis=axis, backend=backend, copy=copy, op=op)[None]
+    return _matvec(a_columns, x_block, axis, backend, copy, op)[None]
 
 
 def _keep(part: Any, axis: Any = None, keepdims: bool = True) -> Any:

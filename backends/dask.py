@@ -147,8 +147,8 @@ class DaskAdapter:
             # y's dtype as the blocks' library promotes it (the home engine's, whichever computes);
             # a sparse A's, as the asked engine's kit computes it (A may cross to no other engine)
             sparse = _sparse_kits.kit_of(a_template) is not None
-            y_dtype = _api.plan(
-                a_template, _template(x._meta, zero, x.dtype), axis=ax, backend=engine_name if sparse else "auto", op=op
+            y_dtype = _api.report(
+                a_template, _template(x._meta, zero, x.dtype), ax, None, engine_name if sparse else "auto", None, op
             ).dtype
             y_itemsize = np.dtype(str(y_dtype).removeprefix("torch.")).itemsize  # (the plan names it in its engine's terms)
             if sparse:
@@ -164,12 +164,12 @@ class DaskAdapter:
         for shape, count in _block_shapes(x.chunks).items():
             block = _template(x._meta, shape, x.dtype)
             a_block = graphs.op_columns(a_template, 0, shape[ax], op) if per_chunk else a_template
-            report = _api.plan(a_block, block, axis=ax, backend=engine_name, copy=copy, op=op)
+            report = _api.report(a_block, block, ax, None, engine_name, copy, op)
             block_reports.append(_BlockReport(shape, count, report))
         # The engine every block runs on, decided here ("auto": the blocks' library; "fastest":
         # measured once, here, not per block in each worker).
         engine = self._first_report(block_reports, x).backend
-        meta = _api.matvec(a_template, _template(x._meta, zero, x.dtype), axis=ax, backend=engine, copy=copy, op=op)
+        meta = _api.compute(a_template, _template(x._meta, zero, x.dtype), ax, None, engine, copy, op)
 
         build = graphs.per_chunk if per_chunk else graphs.blockwise
         y = build(x, a_key, ax, m, meta, engine, copy, op)

@@ -73,13 +73,19 @@ def matvec(
                 return run(A, x)
             except Exception:  # noqa: BLE001 - what the key leaves out (devices): the checks below say
                 pass
-    op = check_op(op)
+    return compute(A, x, axis, out, backend, copy, check_op(op), key)
+
+
+def compute(A: Any, x: Any, axis: Any, out: Any, backend: Any, copy: Any, op: str, key: Optional[tuple] = None) -> Any:
+    """:func:`matvec` through every check, for any op of batchmv's: "C" (conj(A), an
+    operator's ``op.T.H``) too, which the Dask adapter's blocks take; ``key``: the call's
+    key (:func:`batchmv._cache.key`), under which it is remembered, or None."""
     adapter = _registry.adapter_for(type(A), type(x))
     if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
         return adapter.matvec(A, x, axis=axis, out=out, backend=backend, copy=copy, op=op)
     tracer = _call.compiling_engine(A, x)
     if tracer is not None:  # two libraries under a compiler: this call runs eagerly
-        return tracer.run_eagerly(matvec, A, x, axis=axis, out=out, backend=backend, copy=copy, op=op)
+        return tracer.run_eagerly(compute, A, x, axis, out, backend, copy, op)
     call = _call.build(A, x, axis, out, backend, copy, _tune.choose, op)
     run = _cache.calls.remember(key, call, A, x) if key is not None else None
     return run(A, x) if run is not None else _run.execute(call)
@@ -139,7 +145,11 @@ def plan(
     batchmv plan: numpy result, numpy engine, dtype float64
       kernel: gemm (1 call), 240 flops, ...
     """
-    op = check_op(op)
+    return report(A, x, axis, out, backend, copy, check_op(op))
+
+
+def report(A: Any, x: Any, axis: Any, out: Any, backend: Any, copy: Any, op: str) -> Plan:
+    """:func:`plan` for any op of batchmv's ("C" too: see :func:`compute`)."""
     adapter = _registry.adapter_for(type(A), type(x))
     if adapter is not None:
         return adapter.plan(A, x, axis=axis, out=out, backend=backend, copy=copy, op=op)

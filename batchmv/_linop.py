@@ -40,7 +40,10 @@ class LinearOperatorMixin:
     ``matmat`` takes (n, k), vectors in its COLUMNS, and returns (m, k); ``rmatvec`` and
     ``rmatmat`` are the same with the adjoint A^H (shape (n, m)).  Any other shape raises
     ValueError.  Every call is one batchmv call: one GEMM on
-    views of A and x (``self.plan`` shows them), A never copied, the result in x's library.
+    views of A and x (``self.plan`` shows them), A never copied, the result in x's library;
+    a result numpy holds read-only (jax's buffer, for a jax A) is copied, since SciPy's
+    solvers write into it.  There is no operator algebra (``*``, ``+``, scaling, products
+    of operators: TypeError); :meth:`aslinearoperator` gives SciPy's, which has it.
     """
 
     ndim = 2
@@ -49,30 +52,38 @@ class LinearOperatorMixin:
 
     def matvec(self, x: Any) -> Any:
         """``A @ x`` for one vector: x of shape (n,) or (n, 1)."""
-        m, n = self.shape
-        if _shape(x) not in ((n,), (n, 1)):
-            raise ValueError(f"matvec takes x of shape ({n},) or ({n}, 1); got {_shape(x)}")
-        return self(x, axis=0)
+        return self._vector(x, "matvec")
 
     def rmatvec(self, x: Any) -> Any:
         """``A^H @ x`` for one vector: x of shape (m,) or (m, 1)."""
-        return self.H.matvec(x)
+        return self.H._vector(x, "rmatvec")
 
     def matmat(self, X: Any) -> Any:
         """``A @ X`` for X of shape (n, k) (vectors in columns): one GEMM, shape (m, k)."""
-        m, n = self.shape
-        shape = _shape(X)
-        if len(shape) != 2 or shape[0] != n:
-            raise ValueError(f"matmat takes X of shape ({n}, k), vectors in columns; got {shape}")
-        return self(X, axis=0)
+        return self._block(X, "matmat")
 
     def rmatmat(self, X: Any) -> Any:
         """``A^H @ X`` for X of shape (m, k): one GEMM, shape (n, k)."""
-        return self.H.matmat(X)
+        return self.H._block(X, "rmatmat")
+
+    def _vector(self, x: Any, name: str) -> Any:
+        m, n = self.shape
+        if _shape(x) not in ((n,), (n, 1)):
+            raise ValueError(f"{name} takes x of shape ({n},) or ({n}, 1); got {_shape(x)}")
+        return _writable(self(x, axis=0))
+
+    def _block(self, X: Any, name: str) -> Any:
+        m, n = self.shape
+        shape = _shape(X)
+        if len(shape) != 2 or shape[0] != n:
+            raise ValueError(f"{name} takes X of shape ({n}, k), vectors in columns; got {shape}")
+        return _writable(self(X, axis=0))
 
     def __matmul__(self, x: Any) -> Any:
         """``op @ x``: ``matvec`` for 1-D x, ``matmat`` for 2-D x; for more dimensions,
         numpy's matmul rule (a stack of (n, k) matrices: vectors along axis -2)."""
+        if hasattr(x, "matvec") and not hasattr(x, "__array_namespace__"):
+            _no_algebra()
         if not hasattr(x, "shape"):
             return NotImplemented
         ndim = len(x.shape)
@@ -82,6 +93,8 @@ class LinearOperatorMixin:
 
     def __rmatmul__(self, x: Any) -> Any:
         """``x @ op`` = ``(op.T @ x.T).T``: the vectors along x's last axis, times A^T."""
+        if hasattr(x, "matvec") and not hasattr(x, "__array_namespace__"):
+            _no_algebra()
         if not hasattr(x, "shape"):
             return NotImplemented
         if len(x.shape) == 0:
@@ -89,6 +102,14 @@ class LinearOperatorMixin:
         return self.T(x, axis=-1)
 
     dot = __matmul__
+
+    def __mul__(self, other: Any) -> Any:
+        _no_algebra()
+
+    __rmul__ = __add__ = __radd__ = __sub__ = __rsub__ = __truediv__ = __mul__
+
+    def __neg__(self) -> Any:
+        _no_algebra()
 
     def adjoint(self) -> Any:
         """The adjoint A^H (same as :attr:`H`; a view: A is not copied)."""
@@ -111,6 +132,20 @@ class LinearOperatorMixin:
             self.shape, matvec=self.matvec, rmatvec=self.rmatvec, matmat=self.matmat, rmatmat=self.rmatmat,
             dtype=_numpy_dtype(self.dtype),
         )  # fmt: skip
+
+
+def _no_algebra() -> None:
+    raise TypeError(
+        "batchmv operators multiply arrays (op @ x, op(x)) and have no operator algebra (op * x, op + op2, "
+        "2 * op, op @ op2): op.aslinearoperator() gives SciPy's LinearOperator, which has it"
+    )
+
+
+def _writable(y: Any) -> Any:
+    """``y``, or a copy of it where numpy holds it read-only (another library's buffer:
+    jax's): SciPy's solvers write into the vectors their operator returns (gmres)."""
+    flags = getattr(y, "flags", None)
+    return y.copy() if flags is not None and not getattr(flags, "writeable", True) else y
 
 
 def _numpy_dtype(dtype: Any) -> Any:

@@ -95,6 +95,11 @@ class MatVec(_linop.LinearOperatorMixin):
 
     @property
     def shape(self) -> tuple[int, int]:
+        """op(A)'s shape; ValueError for an A that is not a matrix (a stack of them, as
+        ``jax.vmap`` returns operators: call them inside the ``vmap``)."""
+        dims = tuple(getattr(self._shared, "shape", ()))
+        if len(dims) != 2:
+            raise ValueError(f"this operator holds an A of shape {dims}, not a matrix (a stack of operators has no shape)")
         return op_shape(self._engine.shape(self._shared), self.op)  # type: ignore[return-value]
 
     @property
@@ -102,8 +107,19 @@ class MatVec(_linop.LinearOperatorMixin):
         return self._engine.dtype_of(self._shared)
 
     def __repr__(self) -> str:
-        m, n = self.shape
-        return f"<batchmv.MatVec {_OP_NAMES[self.op]}, shape ({m}, {n}), on the {self.backend} engine>"
+        try:
+            shape = "shape ({}, {})".format(*self.shape)
+        except (ValueError, TypeError):  # (what JAX builds: stacks, placeholders)
+            shape = f"A {type(self._shared).__name__} of shape {getattr(self._shared, 'shape', '?')}"
+        return f"<batchmv.MatVec {_OP_NAMES[self.op]}, {shape}, on the {self.backend} engine>"
+
+    def __copy__(self) -> MatVec:
+        return self  # (immutable: a copy would be another family, whose op.H.H is not the copy)
+
+    def __reduce__(self) -> tuple:
+        # A, the engine and the op: a new operator is prepared from them (the remembered
+        # calls, which hold functions, are not pickled)
+        return _unpickle, (self.A, self._nameable, self.copy, self.op)
 
     def __call__(self, x: Any, *, axis: int = -1, out: Any = None) -> Any:
         """``matvec(A, x, axis=axis, out=out, op=self.op)`` on the prepared engine."""
@@ -189,13 +205,19 @@ class SparseMatVec(MatVec):
         return _call.build(self._shared, x, axis, out, None, self.copy, op=self.op, engine=self.backend)
 
 
+def _unpickle(A: Any, backend: Optional[str], copy: Optional[bool], op: str) -> MatVec:
+    return prepare(A, backend=backend, copy=copy)._with_op(op)
+
+
 def prepare(A: Any, *, backend: Optional[str] = None, copy: Optional[bool] = None) -> MatVec:
     """Check ``A`` once and share it with its engine once; call the result like ``matvec``.
 
     For the time-series use: one matrix applied thousands of times to small batches, and
     for solvers: the result is a linear operator (:class:`MatVec`: ``op.T``, ``op.H``,
     ``matvec``/``rmatvec``/``matmat``/``rmatmat``, ``@``) that ``scipy.sparse.linalg``
-    takes as it is, and a JAX pytree when JAX is imported.  A sparse A (scipy.sparse,
+    takes as it is (``lobpcg``, which calls a callable operator on column blocks, and
+    SciPy with a torch operator: ``op.aslinearoperator()``), and a JAX pytree when JAX is
+    imported.  A sparse A (scipy.sparse,
     torch sparse, jax BCOO/BCSR) gives a :class:`SparseMatVec`, the same API.  Raises what :func:`matvec`
     raises for A (ValueError when A is not 2-D, TypeError for arrays no engine takes,
     :class:`CopyRequiredError` with ``copy=False`` where sharing A with the engine needs a

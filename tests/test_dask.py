@@ -136,6 +136,27 @@ def test_torch_A(rng):
         batchmv.matvec(torch.from_numpy(An).requires_grad_(), da.from_array(xn, chunks=(16, 7)), backend="numpy")
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch", "csr"])
+@pytest.mark.parametrize("chunks", [(16, 7), (16, 3)])
+def test_every_op_of_a_prepared_operator(rng, kind, chunks):
+    """op, op.T, op.H and op.T.H (conj(A), the one op the public call does not name) of a
+    prepared operator on a dask x, chunked along the vectors or not: lazy, and equal to the
+    complex128 reference."""
+    An = rng.standard_normal((9, 7)) + 1j * rng.standard_normal((9, 7))
+    if kind == "torch":
+        torch = pytest.importorskip("torch")
+        A = torch.from_numpy(An)
+    else:
+        A = pytest.importorskip("scipy.sparse").csr_array(An) if kind == "csr" else An
+    op = batchmv.prepare(A)
+    for operator, matrix in ((op, An), (op.T, An.T), (op.H, An.conj().T), (op.T.H, An.conj())):
+        xn = rng.standard_normal((40, matrix.shape[1])) + 1j * rng.standard_normal((40, matrix.shape[1]))
+        x = da.from_array(xn, chunks=(chunks[0], min(chunks[1], matrix.shape[1])))
+        y = operator(x)
+        assert isinstance(y, da.Array) and operator.plan(x).kernel in ("gemm", "spmm")
+        np.testing.assert_allclose(_compute(y), xn @ matrix.T, rtol=1e-12)
+
+
 @pytest.mark.parametrize("a_chunks", [(9, 7), (3, 7)])
 def test_dask_A(rng, a_chunks):
     An = rng.standard_normal((9, 7))

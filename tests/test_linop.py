@@ -231,6 +231,76 @@ def test_torch_operator_in_scipy_solver():
     assert op.plan(np.ones(40)).copies == ()
 
 
+def test_lobpcg_takes_the_scipy_operator():
+    """lobpcg calls an operator that is a callable on blocks of column vectors (SciPy's
+    ``op(X) == op @ X``); batchmv's ``op(x)`` takes vectors along the last axis, so lobpcg
+    gets ``op.aslinearoperator()`` (README): then its eigenpairs of a complex Hermitian A
+    are right.  Given the operator itself, lobpcg computes with A^T, here conj(A): the
+    positive control that the eigenvectors are checked."""
+    linalg = pytest.importorskip("scipy.sparse.linalg")
+    rng = np.random.default_rng(0)
+    C = rng.standard_normal((6, 6)) + 1j * rng.standard_normal((6, 6))
+    H = C @ C.conj().T
+    op = batchmv.prepare(H)
+    X0 = rng.standard_normal((6, 2)) + 0j
+    w, v = linalg.lobpcg(op.aslinearoperator(), X0)
+    np.testing.assert_allclose(H @ v, v * w, atol=1e-8)
+    w, v = linalg.lobpcg(op, X0)
+    assert not np.allclose(H @ v, v * w, atol=1e-8)
+
+
+def test_a_read_only_result_is_copied_for_scipy():
+    """SciPy's gmres writes into the vectors its operator returns: a jax operator's products
+    on numpy vectors are read-only views of jax's buffers, which the SciPy methods copy
+    (the call itself still returns the view)."""
+    linalg = pytest.importorskip("scipy.sparse.linalg")
+    support.need("jax")
+    import jax.numpy as jnp
+
+    A = np.eye(3, dtype=np.float32) * np.float32(2)
+    op = batchmv.prepare(jnp.asarray(A))
+    b = np.ones(3, np.float32)
+    assert not op(b).flags.writeable  # (what the call gives: jax's buffer)
+    assert op.matvec(b).flags.writeable and op.rmatmat(np.ones((3, 2), np.float32)).flags.writeable
+    x, info = linalg.gmres(op, b, rtol=1e-6)
+    assert info == 0
+    np.testing.assert_allclose(A @ x, b, rtol=1e-5)
+
+
+def test_operators_pickle_copy_and_print(xp_name):
+    """An operator pickles (after calls too: its remembered calls are not pickled) as its A,
+    engine and op; copy.copy gives the operator itself (op.H.H is op holds); repr names
+    what it holds, a stack of operators built by jax.vmap included."""
+    import copy
+    import pickle
+
+    rng = np.random.default_rng(0)
+    values = support.random_values(rng, (4, 3), "complex128")
+    op = batchmv.prepare(support.to_lib(values, xp_name))
+    x = support.to_lib(support.random_values(rng, (2, 4), "complex128"), xp_name)
+    op.H(x)  # (a remembered call)
+    again = pickle.loads(pickle.dumps(op.H))
+    assert again.op == "H" and again.backend == op.backend and again.H.H is again
+    close(again(x), support.to_numpy(x) @ values.conj())
+    assert copy.copy(op) is op and copy.copy(op.H).H.H is op.H
+    assert repr(op.H) == f"<batchmv.MatVec A^H, shape (3, 4), on the {op.backend} engine>"
+    sparse = pytest.importorskip("scipy.sparse")
+    S = batchmv.prepare(sparse.csr_array(values))
+    S(np.ones(3))
+    assert repr(pickle.loads(pickle.dumps(S.T))).startswith("<batchmv.MatVec A^T, shape (3, 4)")
+
+
+def test_the_operator_has_no_algebra_and_says_so():
+    op = batchmv.prepare(np.ones((3, 2)))
+    for attempt in (lambda: op * np.ones(2), lambda: np.ones(3) * op, lambda: 2 * op, lambda: op + op,
+                    lambda: -op, lambda: op @ op, lambda: op / 2):  # fmt: skip
+        with pytest.raises(TypeError, match="aslinearoperator"):
+            attempt()
+    with pytest.raises(ValueError, match="rmatvec takes x of shape"):
+        op.rmatvec(np.ones(2))
+    np.testing.assert_allclose(op @ np.ones(2), np.full(3, 2.0))  # (arrays still multiply)
+
+
 def test_import_batchmv_imports_no_scipy():
     proc = support.run_python(
         "import sys, numpy as np, batchmv\n"
@@ -309,6 +379,9 @@ def test_vmap_and_grad_through_the_operator():
     np.testing.assert_allclose(gH.A, 2 * jnp.ones((2, 40)).T @ (jnp.ones((2, 40)) @ A), rtol=1e-10)
     leaves, tree = jax.tree_util.tree_flatten(op.H)
     assert leaves == [op._shared] and jax.tree_util.tree_unflatten(tree, leaves).op == "H"
+    assert "shape (2, 40, 30)" in repr(many) and "NoneType" in repr(jax.tree_util.tree_unflatten(tree, [None]))
+    with pytest.raises(ValueError, match="not a matrix"):
+        many.shape  # (a stack of operators: called inside the vmap)
 
 
 @jax_only
