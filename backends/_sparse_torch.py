@@ -182,6 +182,8 @@ class TorchSparse(SparseKit):
         # under a torch.func transform, which a sparse A refuses (the checks say so every time)
         if _compiling() or x.layout is not torch.strided or _is_wrapped(x):
             return None
+        if x.dtype is torch.complex128 and x.data_ptr() % 16:  # (the torch engine refuses it: its _MISALIGNED)
+            return None
         layout_a = _layout_key(a)
         if layout_a is None:
             return None

@@ -34,6 +34,23 @@ def _dot_reads(a: np.ndarray) -> bool:
     )  # fmt: skip
 
 
+def _meaning_lost_inside(obj: Any) -> Optional[str]:
+    """:func:`_meaning_lost` of the first ndarray subclass inside a (nested) Python list or
+    tuple, which ``numpy.asarray`` would turn into plain data (a masked array's mask)."""
+    if not isinstance(obj, (list, tuple)):
+        return None
+    for item in obj:
+        if isinstance(item, np.ndarray):
+            refusal = _meaning_lost(item)
+        elif isinstance(item, (list, tuple)):
+            refusal = _meaning_lost_inside(item)
+        else:
+            continue
+        if refusal:
+            return f"an element of the {type(obj).__name__}: {refusal}"
+    return None
+
+
 def _meaning_lost(a: np.ndarray) -> Optional[str]:
     """Why multiplying the data of this ndarray subclass would drop its meaning, or None.
 
@@ -97,9 +114,14 @@ class NumpyEngine(StridedEngine):
         return (a.shape, a.strides, a.dtype, a.flags.aligned) if type(a) is np.ndarray else None
 
     def must_copy(self, a: np.ndarray) -> Optional[str]:
-        if a.dtype.char in _BLAS_TYPES and not a.flags.aligned:
-            return "is not aligned to its itemsize: numpy's matmul would copy it before calling BLAS"
+        if not a.flags.aligned:  # (BLAS dtypes for BLAS; the others for numpy's own loops, which buffer them)
+            return "is not aligned to its itemsize: numpy's matmul would copy it"
         return None
+
+    def check_out(self, out: np.ndarray) -> None:
+        refusal = _meaning_lost(out)
+        if refusal:
+            raise TypeError(f"out: {refusal}")
 
     def export_refusal(self, a: np.ndarray) -> Optional[str]:
         return _meaning_lost(a)
@@ -123,10 +145,13 @@ class NumpyEngine(StridedEngine):
 
     # -- primitives ---------------------------------------------------------------------
     def asarray(self, obj: Any) -> np.ndarray:
-        refusal = _meaning_lost(obj) if isinstance(obj, np.ndarray) else None
+        refusal = _meaning_lost(obj) if isinstance(obj, np.ndarray) else _meaning_lost_inside(obj)
         if refusal:
             raise TypeError(f"batchmv cannot multiply this array: {refusal}")
-        return np.asarray(obj)
+        try:
+            return np.asarray(obj)
+        except RuntimeError as err:  # (torch tensors in a list: grad, lazy bits)
+            raise TypeError(f"numpy cannot convert this sequence to an array: {err}") from None
 
     def view(self, a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return a.reshape(shape, copy=False)

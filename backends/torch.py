@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .._checks import require_copy
+from .._checks import dlpack_device, require_copy
 from .._engine import StridedEngine
 from .._errors import CopyRequiredError
 from ._torch_mm import keeps_conj
@@ -33,6 +33,24 @@ _unpack_dual = torch.autograd.forward_ad.unpack_dual
 _linear = torch.nn.functional.linear
 _compiling = torch.compiler.is_compiling
 _STRIDED = torch.strided
+_C128 = torch.complex128
+#: torch's own CPU kernels (clone, copy_, mul, conj_physical, mv) read complex128 with
+#: 16-byte vector loads, and crash the process (SIGSEGV, torch 2.13) on memory that is only
+#: 8-byte aligned, as numpy's complex128 views can be: such tensors are refused, and a numpy
+#: array of that kind is copied (by numpy) before torch computes on it
+_MISALIGNED = (
+    "a complex128 tensor whose memory is not 16-byte aligned: torch's own kernels (clone, mul, "
+    "torch.mv) crash the process on it; copy it through numpy first (torch.from_numpy(t.numpy().copy()))"
+)
+
+
+def _misaligned(a: torch.Tensor) -> bool:
+    if a.dtype != _C128 or a.device.type != "cpu":
+        return False
+    try:
+        return a.data_ptr() % 16 != 0
+    except RuntimeError:  # no storage (tensors under a transform or a compiler): no memory to read
+        return False
 
 #: complex dtypes, whose conjugated temporaries (an adjoint's x) are allocated by numpy from
 #: :data:`_HUGE` bytes on (see TorchEngine.conj_copy)
@@ -151,7 +169,10 @@ class TorchEngine(StridedEngine):
         try:
             if a.layout is not _STRIDED:  # (sparse tensors: the checks say what to do)
                 return None
-            return (a.shape, a.stride(), a.dtype, a.device, a.is_conj(), a.is_neg())
+            dtype = a.dtype
+            if dtype is _C128 and a.data_ptr() % 16:  # (refused by the checks: _MISALIGNED)
+                return None
+            return (a.shape, a.stride(), dtype, a.device, a.is_conj(), a.is_neg())
         except (AttributeError, RuntimeError):  # not a tensor; no sizes (nested tensors)
             return None
 
@@ -163,9 +184,12 @@ class TorchEngine(StridedEngine):
         try:
             if a.layout is not _STRIDED or x.layout is not _STRIDED:
                 return None
+            dtype_a, dtype_x = a.dtype, x.dtype
+            if (dtype_a is _C128 and a.data_ptr() % 16) or (dtype_x is _C128 and x.data_ptr() % 16):
+                return None  # (refused by the checks: _MISALIGNED)
             return (
-                (a.shape, a.stride(), a.dtype, a.device, a.is_conj(), a.is_neg()),
-                (x.shape, x.stride(), x.dtype, x.device, x.is_conj(), x.is_neg()),
+                (a.shape, a.stride(), dtype_a, a.device, a.is_conj(), a.is_neg()),
+                (x.shape, x.stride(), dtype_x, x.device, x.is_conj(), x.is_neg()),
             )  # fmt: skip
         except (AttributeError, RuntimeError):
             return None
@@ -221,6 +245,16 @@ class TorchEngine(StridedEngine):
     def adopt(self, obj: Any, *, allow_copy: bool, writable: bool, source: Any = None) -> tuple[torch.Tensor, Optional[str]]:
         if isinstance(obj, np.ndarray):
             return _from_numpy(obj, allow_copy=allow_copy, writable=writable)
+        if dlpack_device(obj) == "cpu":
+            # torch.from_dlpack takes any layout it is given, and negative strides abort the
+            # process, misaligned memory crashes its kernels: numpy's import reads the layout
+            # (a view), and _from_numpy shares or copies it as it does any numpy array
+            try:
+                view = np.from_dlpack(obj)
+            except (BufferError, RuntimeError, TypeError, ValueError):
+                view = None  # (a dtype numpy has not: bfloat16 and the like, which torch imports)
+            if view is not None:
+                return _from_numpy(view, allow_copy=allow_copy, writable=writable)
         try:
             return torch.from_dlpack(obj), None
         # (AssertionError: a CUDA producer on a CPU-only torch; AttributeError: no __dlpack_device__)
@@ -240,6 +274,19 @@ class TorchEngine(StridedEngine):
         if a.requires_grad and torch.is_grad_enabled():
             return "it requires grad; another engine would detach it and drop the gradient"
         return _numpy_loses(a)
+
+    def exportable(self, a: torch.Tensor, allow_copy: bool) -> tuple[torch.Tensor, Optional[str]]:
+        if a.is_conj() or a.is_neg():  # (DLPack would carry the raw memory: a conjugate refused, a negative lost)
+            reason = "tensor with a lazy conjugate/negative bit, which DLPack does not carry: resolved into a copy"
+            require_copy(reason, allow_copy)
+            return a.resolve_conj().resolve_neg(), reason
+        return a, None
+
+    def check_out(self, out: torch.Tensor) -> None:
+        if out.requires_grad and torch.is_grad_enabled():
+            raise ValueError("out= cannot be a tensor that requires grad: autograd cannot record a write into it")
+        if _misaligned(out):
+            raise TypeError(f"out: {_MISALIGNED}")
 
     def export_numpy(self, a: torch.Tensor, *, allow_copy: bool, writable: bool) -> tuple[np.ndarray, Optional[str]]:
         """A CPU tensor as a numpy array sharing its memory (``Tensor.numpy``, not DLPack,
@@ -263,6 +310,8 @@ class TorchEngine(StridedEngine):
         if isinstance(obj, torch.Tensor) and (obj.layout != torch.strided or obj.is_nested or obj.is_quantized):
             kind = "nested" if obj.is_nested else "quantized" if obj.is_quantized else str(obj.layout)
             raise TypeError(f"the torch engine computes on dense (strided) tensors; got a {kind} tensor")
+        if isinstance(obj, torch.Tensor) and _misaligned(obj):
+            raise TypeError(_MISALIGNED)
         return torch.as_tensor(obj)
 
     def permute(self, a: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
@@ -323,6 +372,8 @@ class TorchEngine(StridedEngine):
     def gemv_kernel(self, a: torch.Tensor, x: torch.Tensor, trans: bool = False) -> Any:
         if x.dim() != 1 or a.dtype != x.dtype or (x.stride(0) == 0 and x.shape[0] > 1):
             return None  # (torch.mv copies a broadcast vector)
+        if a.dtype == torch.complex128:  # torch.mv crashes (SIGSEGV) on complex128 memory that is
+            return None  # not 16-byte aligned, which a layout key does not tell: the one-row GEMM
         return (lambda a, x: torch.mv(a.t(), x)) if trans else torch.mv
 
     def conj_copy(self, x2: torch.Tensor) -> torch.Tensor:
@@ -376,8 +427,8 @@ def _from_numpy(arr: np.ndarray, *, allow_copy: bool, writable: bool) -> tuple[t
     problem = None
     if arr.dtype.byteorder not in "=|" or not arr.dtype.isnative:
         problem = f"byte order {arr.dtype.str}"
-    elif not arr.flags.aligned:
-        problem = "misaligned data"
+    elif not arr.flags.aligned or (arr.dtype == np.complex128 and arr.ctypes.data % 16):
+        problem = "misaligned data" if arr.flags.aligned is False else "complex128 data not 16-byte aligned (torch's kernels crash on it)"
     elif any(s < 0 for s in arr.strides):
         problem = f"negative strides {arr.strides}"
     elif any(s % arr.itemsize for s in arr.strides):

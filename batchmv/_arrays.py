@@ -51,7 +51,9 @@ def adopt(engine: Any, obj: Any, label: str, allow_copy: bool, source: Any = Non
     naming ``label``; TypeError naming the dtype and the engine for anything a library
     raises when it cannot carry an array across (a dtype DLPack or the engine lacks)."""
     try:
+        obj, resolved = source.exportable(obj, allow_copy) if source is not None else (obj, None)
         arr, reason = engine.adopt(obj, allow_copy=allow_copy, writable=False, source=source)
+        reason = "; ".join(r for r in (resolved, reason) if r) or None
     except CopyRequiredError as err:
         raise CopyRequiredError(f"{label}: {err}; copy=False forbids the copy") from None
     except (TypeError, ValueError):
@@ -88,5 +90,6 @@ def check_out(home: Any, out: Any, y_shape: tuple[int, ...], dtype: Any, device:
         raise TypeError(f"out is on {home.device(out)} and the inputs on {device}")
     if not home.is_writable(out):
         raise ValueError("out is read-only")
+    home.check_out(out)
     if 0 not in y_shape and any(st == 0 and size > 1 for st, size in zip(home.strides(out), y_shape)):
         raise ValueError(f"out has stride 0 along an axis (strides {home.strides(out)}): several results would share one element")

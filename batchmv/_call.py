@@ -108,7 +108,10 @@ def build(
         a_e = share(engine, a_h, home, "A", allow_copy, copies)
         x_e = share(engine, x_h, home, "x", allow_copy, copies)
         out_e = None
-        if out is not None:
+        refusal = home.export_refusal(out) if out is not None else None
+        if refusal:  # (a write through another library would bypass what the home library does)
+            copies.append(f"out: {refusal}; result computed by {engine.name} and copied into out")
+        elif out is not None:
             try:
                 out_e, _ = engine.adopt(out, allow_copy=False, writable=True, source=home)
             except CopyRequiredError as err:

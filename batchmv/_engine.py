@@ -148,6 +148,16 @@ class Engine:
         """Why this native array may not be computed by another engine (gradients, tracers)."""
         return None
 
+    def exportable(self, a: Any, allow_copy: bool) -> tuple[Any, Optional[str]]:
+        """(``a`` as another library may import it, why it was copied or None): ``a``
+        itself, or a copy where its memory alone is not its value (torch's lazy bits).
+        CopyRequiredError where a copy is needed and ``allow_copy`` is False."""
+        return a, None
+
+    def check_out(self, out: Any) -> None:
+        """Raise where ``out``, an array of this library, may not receive a result (a
+        masked array, a tensor that requires grad)."""
+
     def host(self, a: Any, writable: bool = False) -> Any:
         """``a`` as a numpy array sharing its memory (never a copy), for the row-block
         kernel of :mod:`batchmv._skinny`; None where that cannot be (another device, a
