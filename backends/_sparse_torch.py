@@ -64,6 +64,8 @@ class TorchSparse(SparseKit):
         if a.dim() != 2 or a.dense_dim() != 0:
             raise ValueError(f"A must be a 2-D sparse tensor without dense dimensions; got shape {tuple(a.shape)}")
         first, second, values = _arrays(a)
+        if _misaligned(values):
+            raise TypeError(f"A's values: {_MISALIGNED}")
         index_bytes = (first.numel() + second.numel()) * first.element_size()
         fmt = _FORMATS[a.layout]
         return SparseInfo(
@@ -182,7 +184,7 @@ class TorchSparse(SparseKit):
         # under a torch.func transform, which a sparse A refuses (the checks say so every time)
         if _compiling() or x.layout is not torch.strided or _is_wrapped(x):
             return None
-        if x.dtype is torch.complex128 and x.data_ptr() % 16:  # (the torch engine refuses it: its _MISALIGNED)
+        if _misaligned(x):  # (the torch engine refuses it)
             return None
         layout_a = _layout_key(a)
         if layout_a is None:
@@ -253,15 +255,28 @@ def _multipliable(a: torch.Tensor) -> torch.Tensor:
     return a.to_sparse_csr() if layout == torch.sparse_csc else a
 
 
+def _misaligned(t: torch.Tensor) -> bool:
+    """complex128 memory only 8-byte aligned: see backends.torch's _MISALIGNED."""
+    return t.dtype is torch.complex128 and t.device.type == "cpu" and t.numel() > 0 and t.data_ptr() % 16 != 0
+
+
+_MISALIGNED = ("a complex128 tensor whose memory is not 16-byte aligned: torch's own kernels crash the process on it; "
+               "copy it through numpy first")
+
+
 def _layout_key(a: torch.Tensor) -> Optional[tuple]:
     layout = a.layout
     if layout is torch.sparse_coo:  # (only COO can hold dense dimensions in a 2-D tensor; int64 indices only)
+        if a.dtype is torch.complex128 and _misaligned(a._values()):
+            return None  # (refused by the checks)
         return (layout, a.shape, a.dtype, a.device, a.dense_dim(), a.is_coalesced())
     if layout not in _FORMATS:
         return None
     # the index dtype and whether the values are contiguous: what the products copy (product_copies)
     compressed = a.crow_indices() if layout is torch.sparse_csr or layout is torch.sparse_bsr else a.ccol_indices()
     values = a.values()
+    if a.dtype is torch.complex128 and _misaligned(values):
+        return None  # (refused by the checks)
     if layout is torch.sparse_csr or layout is torch.sparse_csc:
         return (layout, a.shape, a.dtype, a.device, compressed.dtype, values.is_contiguous())
     return (layout, a.shape, a.dtype, a.device, compressed.dtype, values.is_contiguous(), values.shape[1:])  # (blocks)

@@ -37,8 +37,8 @@ def _dot_reads(a: np.ndarray) -> bool:
 def _meaning_lost_inside(obj: Any) -> Optional[str]:
     """:func:`_meaning_lost` of the first ndarray subclass inside a (nested) Python list or
     tuple, which ``numpy.asarray`` would turn into plain data (a masked array's mask)."""
-    if not isinstance(obj, (list, tuple)):
-        return None
+    if not isinstance(obj, (list, tuple)) or (obj and isinstance(obj[0], (int, float, complex))):
+        return None  # (a level of Python numbers: numpy takes no arrays among them)
     for item in obj:
         if isinstance(item, np.ndarray):
             refusal = _meaning_lost(item)

@@ -372,8 +372,6 @@ class TorchEngine(StridedEngine):
     def gemv_kernel(self, a: torch.Tensor, x: torch.Tensor, trans: bool = False) -> Any:
         if x.dim() != 1 or a.dtype != x.dtype or (x.stride(0) == 0 and x.shape[0] > 1):
             return None  # (torch.mv copies a broadcast vector)
-        if a.dtype == torch.complex128:  # torch.mv crashes (SIGSEGV) on complex128 memory that is
-            return None  # not 16-byte aligned, which a layout key does not tell: the one-row GEMM
         return (lambda a, x: torch.mv(a.t(), x)) if trans else torch.mv
 
     def conj_copy(self, x2: torch.Tensor) -> torch.Tensor:

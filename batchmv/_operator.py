@@ -118,7 +118,8 @@ class MatVec(_linop.LinearOperatorMixin):
 
     def __reduce__(self) -> tuple:
         # A, the engine and the op: a new operator is prepared from them (the remembered
-        # calls, which hold functions, are not pickled)
+        # calls, which hold functions, are not pickled); an array-API library's own engine
+        # has no name for backend=: the rules choose it again where the operator is loaded
         return _unpickle, (self.A, self._nameable, self.copy, self.op)
 
     def __call__(self, x: Any, *, axis: int = -1, out: Any = None) -> Any:
@@ -138,6 +139,9 @@ class MatVec(_linop.LinearOperatorMixin):
         adapter = _registry.adapter_for(type(x))
         if adapter is not None:  # a lazy collection (dask): its adapter takes the whole call
             return adapter.matvec(self._lazy_a, x, axis=axis, out=out, backend=self._nameable, copy=self.copy, op=self.op)
+        tracer = _call.compiling_engine(self.A, x)
+        if tracer is not None:  # two libraries under a compiler: this call runs eagerly, as matvec's
+            return tracer.run_eagerly(self, x, axis=axis, out=out)
         call = self._build(x, axis, out)
         run = self._runners.remember(key, call, shared, x) if key is not None else None
         return run(shared, x) if run is not None else _run.execute(call)

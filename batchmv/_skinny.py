@@ -20,7 +20,7 @@ is (the engine's threads, torch's ``get_num_threads``, else numpy's OpenBLAS poo
 ``threadpoolctl`` sets it).  The engines share their arrays with numpy without a copy
 (:meth:`batchmv._engine.Engine.host`), so torch and jax run the same kernel.
 
-The rule (:func:`plan_for`): float32 (float64) with 2 to 32 (16) vectors, A with unit
+The rule (:func:`_rule`; :func:`plan_for` adds what each run checks): float32 (float64) with 2 to 32 (16) vectors, A with unit
 stride along n, n >= 32, A larger than :data:`A_BYTES_MIN` (None: half the last-level
 cache), and numpy's BLAS an OpenBLAS whose core type has the kernel.  Else one GEMM.
 """
@@ -188,9 +188,10 @@ def _rule(call: Any) -> Optional[RowBlocks]:
     holds), or None.  A run built from it checks the rest as it goes (:func:`gemm_for`,
     :func:`expression_for`): a call remembered while autograd recorded it, or on arrays
     numpy cannot read, takes row blocks when it is repeated on arrays that allow them.
-    Shapes are compared first, so that small calls (and calls traced by torch.compile)
-    take none of the other steps.  ``ENABLED`` and ``A_BYTES_MIN`` are read here, when a
-    call is built."""
+    Shapes are compared first, so that small calls take none of the other steps (a large
+    call traced by torch.compile builds the row-block run, which then steps aside as it
+    runs: numpy cannot read a traced tensor).  ``ENABLED`` and ``A_BYTES_MIN`` are read
+    here, when a call is built."""
     eng, sched = call.engine, call.schedule
     if not ENABLED or call.op != "N" or call.conj is not None:
         return None  # (an adjoint's GEMM reads A as it is, with its own conjugations)
@@ -211,7 +212,7 @@ def _rule(call: Any) -> Optional[RowBlocks]:
         return None
     if eng.dtype_of(call.a) != call.dtype or eng.dtype_of(call.x) != call.dtype:
         return None  # (strided engines cast x in a copy, which is then the GEMM's x)
-    if not small_kernel():
+    if eng.device(call.a) != "cpu" or not small_kernel():  # (numpy reads host memory only; torch's key holds the device)
         return None
     return blocks(m, n, batch, itemsize, L2_BYTES)
 

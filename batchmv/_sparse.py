@@ -147,6 +147,9 @@ def build(
     if conj and xc is not None and not allow_copy:
         raise CopyRequiredError(f"copy=False, but this call needs a temporary: {temporaries[0]}. Pass copy=None to allow it")
     notes.extend(kit_e.notes(info))
+    if engine is not home:  # (the product allocates y; jax, for one, wraps only 64-byte-aligned memory)
+        notes.append(f"y: allocated by {kit_e.name}'s product, handed to {home.name} as it is where {home.name} can hold it, "
+                     "else copied (a result-sized copy)")
     return SparseCall(
         home, engine, kit_e, a_e, x_e, xc, out, ax, dtype, y_shape, info, tuple(steps), fmt, conj, tracks,
         tuple(copies), tuple(notes), tuple(temporaries), op,
@@ -260,8 +263,8 @@ def execute(call: SparseCall) -> Any:
         y = yc
         if perm != tuple(range(len(shape))):
             y = eng.permute(y, tuple(sorted(range(len(perm)), key=perm.__getitem__)))
-    if call.engine is not call.home:
-        y = call.home.adopt_result(y, allow_copy=False, writable=False, source=call.engine)[0]
+    if call.engine is not call.home:  # (the plan's notes say so)
+        y = call.home.adopt_result(y, allow_copy=True, writable=False, source=call.engine)[0]
     if call.out is None:
         return y
     call.home.assign(call.out, y)

@@ -213,6 +213,29 @@ def test_skinny_targets_pass_and_fail():
     assert "1.010" in found["S3"]["failures"][0]
 
 
+def test_outputs_are_checked_before_the_run_and_never_overwritten_unasked(tmp_path):
+    """bench writes only the files it is given (and the skinny plot beside --plot): a missing
+    folder, an existing file without --force, a symbolic link or a folder end the command at
+    once, with one line and exit 2, before anything is timed; nothing is written."""
+    base = [sys.executable, "-m", "batchmv", "bench", "--quick", "--m", "16", "--batch", "4", "--threads", "1",
+            "--min-time", "0.001", "--no-progress"]  # fmt: skip
+    existing = tmp_path / "r.json"
+    existing.write_text("mine")
+    target = tmp_path / "target.txt"
+    target.write_text("not bench's")
+    (tmp_path / "link.json").symlink_to(target)
+    for extra, message in ((["--json", str(tmp_path / "nodir" / "r.json")], "does not exist"),
+                           (["--json", str(existing)], "use --force"),
+                           (["--json", str(tmp_path / "link.json"), "--force"], "symbolic link"),
+                           (["--json", str(tmp_path)], "not a regular file")):  # fmt: skip
+        done = subprocess.run(base + extra, capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert "batch" not in done.stdout  # (nothing ran)
+    assert existing.read_text() == "mine" and target.read_text() == "not bench's"
+    done = subprocess.run(base + ["--json", str(existing), "--force"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0 and json.loads(existing.read_text())["results"]
+
+
 def test_sparse_section_runs_against_each_librarys_own_product(tmp_path):
     out = tmp_path / "sparse.json"
     cmd = [sys.executable, "-m", "batchmv", "bench", "--sparse", "--quick", "--threads", "1", "--min-time", "0.002",

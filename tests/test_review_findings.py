@@ -85,6 +85,10 @@ def test_torch_compile_numpy_A_torch_x():
         X = torch.randn(5, 8)
         f = torch.compile(lambda x: batchmv.matvec(A, x))
         assert torch.allclose(f(X), X @ torch.from_numpy(A).T, atol=1e-5)
+        op = batchmv.prepare(A)  # (the prepared operator's call, and its adjoint, likewise)
+        g = torch.compile(lambda x: op(x) * 2 + op.H(op(x)).sum())
+        expected = X @ torch.from_numpy(A).T
+        assert torch.allclose(g(X), expected * 2 + (expected @ torch.from_numpy(A)).sum(), rtol=1e-4)
         print("OK")
     """)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-2000:]

@@ -52,7 +52,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add("--json", metavar="FILE", help="write machine info, roofline, every result and the targets")
     add("--plot", metavar="FILE.png", help="GFLOP/s against batch per approach, with the roofline (needs matplotlib)")
     add("--no-progress", action="store_true", help="no progress bar on stderr")
+    add("--force", action="store_true", help="overwrite existing output files (never through a symbolic link)")
     return parser
+
+
+def skinny_plot(args: argparse.Namespace, config: Config) -> str | None:
+    """The skinny section's plot, written beside --plot when the run has both sections."""
+    if not (args.plot and config.main and config.skinny):
+        return None
+    root, ext = os.path.splitext(args.plot)
+    return f"{root}-skinny{ext}"
+
+
+def output_problem(path: str, force: bool) -> str | None:
+    """Why the run may not write ``path`` (checked before it starts, so that no result is
+    lost at the end), or None: its folder must exist; an existing file is replaced only with
+    --force, and never a symbolic link or anything but a regular file."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        return f"the folder of {path} does not exist"
+    if os.path.islink(path):
+        return f"{path} is a symbolic link; bench never writes through one"
+    if os.path.lexists(path):
+        if not os.path.isfile(path):
+            return f"{path} exists and is not a regular file"
+        if not force:
+            return f"{path} exists; use --force to overwrite it"
+    return None
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -81,6 +107,12 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
             print("error: --plot needs matplotlib: pip install 'batchmv[bench]'", file=sys.stderr)
             return 2
     config = Config.from_args(args)
+    skinny_png = skinny_plot(args, config)
+    for path in (p for p in (args.json, args.plot, skinny_png) if p):
+        problem = output_problem(path, args.force)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     report = run_sparse(config) if args.sparse else run(config)
     print_report(report)
     if args.json:
@@ -90,8 +122,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> int:
     if args.plot:
         plot(report, args.plot)
         print(f"wrote {args.plot}")
-        if config.main and config.skinny:
-            root, ext = os.path.splitext(args.plot)
-            plot_skinny(report, f"{root}-skinny{ext}")
-            print(f"wrote {root}-skinny{ext}")
+        if skinny_png:
+            plot_skinny(report, skinny_png)
+            print(f"wrote {skinny_png}")
     return 0
