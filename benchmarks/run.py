@@ -4,7 +4,7 @@ Run: ``.venv/bin/python benchmarks/run.py [--quick] [--json FILE] [--plot FILE.p
 (``--help`` lists the grid and timing options).  The committed snapshot in
 benchmarks/results/ was made with::
 
-    .venv/bin/python benchmarks/run.py --json benchmarks/results/results.json \\
+    .venv/bin/python benchmarks/run.py --force --json benchmarks/results/results.json \\
         --plot benchmarks/results/results.png > benchmarks/results/results.txt
 """
 
