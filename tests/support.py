@@ -503,6 +503,20 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def logged_tensor_class(seen: list[str]) -> type:
+    """A torch.Tensor subclass whose ``__torch_function__`` appends the name of every torch
+    function called on its tensors to ``seen``, then runs it."""
+    import torch
+
+    class Logged(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206
+            seen.append(getattr(func, "__name__", ""))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    return Logged
+
+
 def run_python(code: str, *, timeout: float = 180, env: dict[str, str] | None = None, cwd: Any = None) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (this one's executable)."""
     return subprocess.run(

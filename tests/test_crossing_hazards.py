@@ -73,18 +73,12 @@ def test_complex128_memory_torch_would_crash_on_is_refused_or_copied():
         x, A = torch.from_numpy(xn), torch.eye(2, dtype=torch.complex128)
         aligned = torch.ones(2, dtype=torch.complex128)
         batchmv.matvec(A, aligned, op="H"); batchmv.matvec(A, aligned, op="H")  # (remembered)
-        for call in (lambda: batchmv.matvec(A, x), lambda: batchmv.matvec(A, x, op="H"), lambda: batchmv.prepare(A)(x),
-                     lambda: batchmv.prepare(A).H(x), lambda: batchmv.matvec(x.view(1, 2).expand(2, 2), aligned),
-                     lambda: batchmv.matvec(A, aligned.view(1, 2), out=x.view(1, 2))):
-            try:
-                call()
-            except TypeError as err:
-                assert "16-byte aligned" in str(err), err
-            else:
-                raise AssertionError("computed on it")
         values = torch.from_numpy(buf[start:start + 32].view(np.complex128))  # a sparse A's values
         S = torch.sparse_csr_tensor(torch.tensor([0, 1, 2]), torch.tensor([0, 1]), values, size=(2, 2))
-        for call in (lambda: batchmv.matvec(S, aligned), lambda: batchmv.matvec(S, aligned, op="T"), lambda: batchmv.prepare(S)):
+        for call in (lambda: batchmv.matvec(A, x), lambda: batchmv.matvec(A, x, op="H"), lambda: batchmv.prepare(A)(x),
+                     lambda: batchmv.prepare(A).H(x), lambda: batchmv.matvec(x.view(1, 2).expand(2, 2), aligned),
+                     lambda: batchmv.matvec(A, aligned.view(1, 2), out=x.view(1, 2)),
+                     lambda: batchmv.matvec(S, aligned), lambda: batchmv.matvec(S, aligned, op="T"), lambda: batchmv.prepare(S)):
             try:
                 call()
             except TypeError as err:
@@ -160,14 +154,8 @@ def test_an_out_of_a_torch_function_subclass_is_written_by_torch():
     """Another engine's result reaches such an out through torch's own copy (reported),
     which the subclass sees, instead of a numpy view that would bypass it."""
     torch = pytest.importorskip("torch")
-    seen = []
-
-    class Logged(torch.Tensor):
-        @classmethod
-        def __torch_function__(cls, func, types, args=(), kwargs=None):
-            seen.append(getattr(func, "__name__", ""))
-            return super().__torch_function__(func, types, args, kwargs or {})
-
+    seen: list[str] = []
+    Logged = support.logged_tensor_class(seen)
     A, x = torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
     out = torch.zeros(5, 3, dtype=torch.float64).as_subclass(Logged)
     assert "overrides __torch_function__" in batchmv.plan(A, x, out=out, backend="numpy").copies[0]

@@ -370,13 +370,8 @@ def test_torch_forward_ad_and_torch_function_subclasses_keep_torch_s_product(for
         with pytest.raises(TypeError, match="forward-mode AD tangent"):
             batchmv.matvec(A, dual, backend="numpy")
     assert block_runs[0] == 1
-    seen = []
-
-    class Logged(torch.Tensor):
-        @classmethod
-        def __torch_function__(cls, func, types, args=(), kwargs=None):
-            seen.append(getattr(func, "__name__", ""))
-            return super().__torch_function__(func, types, args, kwargs or {})
+    seen: list[str] = []
+    Logged = support.logged_tensor_class(seen)
 
     AL, xL = A.as_subclass(Logged), x.as_subclass(Logged)
     assert batchmv.plan(AL, xL).kernel == "gemm"
