@@ -170,7 +170,7 @@ class TorchEngine(StridedEngine):
             if a.layout is not _STRIDED:  # (sparse tensors: the checks say what to do)
                 return None
             dtype = a.dtype
-            if dtype is _C128 and a.data_ptr() % 16:  # (refused by the checks: _MISALIGNED)
+            if dtype is _C128 and _misaligned(a):  # (refused by the checks)
                 return None
             return (a.shape, a.stride(), dtype, a.device, a.is_conj(), a.is_neg())
         except (AttributeError, RuntimeError):  # not a tensor; no sizes (nested tensors)
@@ -185,8 +185,8 @@ class TorchEngine(StridedEngine):
             if a.layout is not _STRIDED or x.layout is not _STRIDED:
                 return None
             dtype_a, dtype_x = a.dtype, x.dtype
-            if (dtype_a is _C128 and a.data_ptr() % 16) or (dtype_x is _C128 and x.data_ptr() % 16):
-                return None  # (refused by the checks: _MISALIGNED)
+            if (dtype_a is _C128 and _misaligned(a)) or (dtype_x is _C128 and _misaligned(x)):
+                return None  # (refused by the checks)
             return (
                 (a.shape, a.stride(), dtype_a, a.device, a.is_conj(), a.is_neg()),
                 (x.shape, x.stride(), dtype_x, x.device, x.is_conj(), x.is_neg()),
@@ -425,8 +425,10 @@ def _from_numpy(arr: np.ndarray, *, allow_copy: bool, writable: bool) -> tuple[t
     problem = None
     if arr.dtype.byteorder not in "=|" or not arr.dtype.isnative:
         problem = f"byte order {arr.dtype.str}"
-    elif not arr.flags.aligned or (arr.dtype == np.complex128 and arr.ctypes.data % 16):
-        problem = "misaligned data" if arr.flags.aligned is False else "complex128 data not 16-byte aligned (torch's kernels crash on it)"
+    elif not arr.flags.aligned:
+        problem = "misaligned data"
+    elif arr.dtype == np.complex128 and arr.ctypes.data % 16:
+        problem = "complex128 data not 16-byte aligned (torch's kernels crash on it)"
     elif any(s < 0 for s in arr.strides):
         problem = f"negative strides {arr.strides}"
     elif any(s % arr.itemsize for s in arr.strides):
